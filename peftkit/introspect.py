@@ -1,0 +1,158 @@
+"""Read facts off a Transformers model: its task, its task head, its linear layers, its blocks.
+
+Everything here works from the model object itself (class names, module tree, layer shapes),
+so it applies to architectures that no table in peftkit lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+TASKS = ("classification", "token-classification", "causal-lm", "seq2seq-lm")
+
+# Class-name suffixes that identify the task a model was built for.
+_TASK_SUFFIXES = (
+    ("ForSequenceClassification", "classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),
+    ("ForSeq2SeqLM", "seq2seq-lm"),
+)
+
+PEFT_TASK_TYPES = {
+    "classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "causal-lm": "CAUSAL_LM",
+    "seq2seq-lm": "SEQ_2_SEQ_LM",
+}
+
+
+AUTO_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+}
+
+
+def auto_class(task: str):
+    """The transformers Auto class that builds a model for ``task``."""
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[check_task(task)])
+
+
+def check_task(task: str) -> str:
+    """Return ``task`` if it is one peftkit knows; raise a ValueError listing the valid ones."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASKS)}.")
+    return task
+
+
+def infer_task(model: nn.Module) -> str:
+    """Work out the task a model was built for from its class (and config for seq2seq models)."""
+    name = type(model).__name__
+    for suffix, task in _TASK_SUFFIXES:
+        if name.endswith(suffix):
+            return task
+    config = getattr(model, "config", None)
+    if name.endswith("ForConditionalGeneration") and getattr(config, "is_encoder_decoder", False):
+        return "seq2seq-lm"
+    if name.endswith("ForConditionalGeneration"):
+        return "causal-lm"
+    raise ValueError(
+        f"Cannot tell the task of {name}: peftkit handles models for {', '.join(TASKS)} "
+        "(classes ending in ForSequenceClassification, ForTokenClassification, ForCausalLM, "
+        "ForSeq2SeqLM). Load the model with peftkit.load_model(name, task=...) or the matching "
+        "transformers AutoModelFor... class."
+    )
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The base transformer inside a task model (``model.bert``, ``model.model``, ...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    inner = getattr(model, prefix, None) if prefix else None
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Names of the top-level modules that make up the task head of a classification model.
+
+    These are the model's direct children that hold parameters and are not the backbone:
+    ``classifier`` (BERT), ``score`` (GPT-2, Llama), ``pre_classifier`` + ``classifier``
+    (DistilBERT), ``classification_head`` (BART, T5) and so on. Language-model heads are not
+    returned: they are pretrained (often tied to the embeddings) and stay frozen.
+    """
+    if infer_task(model) not in ("classification", "token-classification"):
+        return []
+    inner = backbone(model)
+    return [
+        name
+        for name, child in model.named_children()
+        if child is not inner and any(True for _ in child.parameters())
+    ]
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when bitsandbytes 4-bit or 8-bit layers hold the model's weights."""
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return True
+    return any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of a Linear-like layer, or None for anything else.
+
+    Linear-like: ``nn.Linear`` and its subclasses (bitsandbytes ``Linear4bit`` and
+    ``Linear8bitLt`` included) and GPT-2 style ``Conv1D`` (weight stored transposed).
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return module.weight.shape[0], module.nf
+    return None
+
+
+def named_linears(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Every Linear-like submodule of ``module`` with its qualified name."""
+    for name, sub in module.named_modules(prefix=prefix):
+        if linear_dims(sub) is not None:
+            yield name, sub
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return "attention" in type(module).__name__.lower()
+
+
+def attention_modules(block: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """The outermost attention modules of a block (self- and cross-attention)."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, sub in block.named_modules(prefix=prefix):
+        if _is_attention(sub) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            if any(True for _ in named_linears(sub)):
+                found.append((name, sub))
+    return found
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated transformer blocks: members of ModuleLists of one class with attention."""
+    blocks: list[tuple[str, nn.Module]] = []
+    for name, sub in model.named_modules():
+        if not isinstance(sub, nn.ModuleList) or len(sub) == 0:
+            continue
+        if len({type(child) for child in sub}) != 1:
+            continue
+        if any(name.startswith(f"{b}.") for b, _ in blocks):
+            continue
+        first = sub[0]
+        if any(_is_attention(m) for m in first.modules()):
+            blocks.extend((f"{name}.{i}", child) for i, child in enumerate(sub))
+    return blocks
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict entries of parameters that require grad (detached, on the CPU)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}

