@@ -44,3 +44,22 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         if param.requires_grad:
             trainable += n
     return ParameterCount(trainable, total)
+
+
+def strategy_table(make_model, strategies=None) -> str:
+    """A markdown table of trainable parameters per strategy for fresh models from ``make_model()``.
+
+    A strategy the model refuses gets its row with the reason, not a number.
+    """
+    from .strategies import STRATEGIES, wrap
+
+    lines = ["| strategy | trainable parameters | total parameters | trainable % |", "|---|---:|---:|---:|"]
+    for name in strategies or STRATEGIES:
+        try:
+            counts = count_parameters(wrap(make_model(), name))
+        except ValueError as err:
+            reason = str(err).split(":")[0]
+            lines.append(f"| {name} | refused: {reason} | | |")
+            continue
+        lines.append(f"| {name} | {counts.trainable:,} | {counts.total:,} | {counts.percent:.3f} |")
+    return "\n".join(lines)
