@@ -1,0 +1,200 @@
+"""Causal-LM supervised fine-tuning: prompt → response, with the loss on the response only.
+
+Text layout: with a chat template (``tokenizer.chat_template``), the prompt is the user message
+and the response the assistant message, and every token before the assistant's content is
+masked (-100); the template's end-of-turn marker after the content is trained, so the model
+learns to stop. Without one: ``prompt + "\\n"`` (masked) then ``response + eos`` (trained).
+Generation builds its prompt the same way, so training and inference agree.
+
+Metrics: ``eval_loss`` (mean over response tokens) and ``perplexity``; ``exact_match`` scores
+greedy answers against the responses after stripping and casefolding.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import IGNORE_INDEX, Task, align_logits, check_gathered, model_inputs, pad_token_id
+
+
+def normalize_answer(text: str) -> str:
+    """Casefolded, with surrounding whitespace stripped and inner whitespace collapsed."""
+    return " ".join(text.strip().casefold().split())
+
+
+def exact_match_score(predictions: list[str], references: list[str]) -> float:
+    """Share of predictions equal to their reference after `normalize_answer`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not references:
+        raise ValueError("No examples to score.")
+    return sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True)) / len(references)
+
+
+class CausalLMTask(Task):
+    """Columns "prompt" and "response" → input_ids/attention_mask + labels (-100 on the prompt).
+
+    ``use_chat_template``: None (default) uses the tokenizer's chat template when it has one."""
+
+    name = "causal-lm"
+    main_metric = "eval_loss"
+    greater_is_better = False
+
+    def __init__(self, use_chat_template: bool | None = None):
+        self.use_chat_template = use_chat_template
+
+    # ------------------------------------------------------------------ text layout
+
+    def uses_chat_template(self, tokenizer) -> bool:
+        has = bool(getattr(tokenizer, "chat_template", None))
+        if self.use_chat_template and not has:
+            raise ValueError(f"use_chat_template=True but {type(tokenizer).__name__} has no chat_template.")
+        return has if self.use_chat_template is None else self.use_chat_template
+
+    @staticmethod
+    def _chat_texts(tokenizer, prompt: str, response: str) -> tuple[str, int]:
+        """(the whole conversation as text, offset where the assistant's content starts)."""
+        user = [{"role": "user", "content": prompt}]
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": response}], tokenize=False)
+        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        if full.startswith(head):
+            return full, len(head)
+        start = full.rfind(response) if response else -1
+        if start < 0:
+            raise ValueError(
+                "Cannot find where the assistant's answer starts in the chat template's output; pass "
+                "use_chat_template=False to get_task('causal-lm', ...) for the plain prompt/response layout."
+            )
+        return full, start
+
+    def _plain_prompt_ids(self, tokenizer, prompt: str) -> list[int]:
+        ids = list(tokenizer(prompt + "\n")["input_ids"])
+        eos = tokenizer.eos_token_id
+        if ids and eos is not None and ids[-1] == eos and eos != tokenizer.bos_token_id:
+            ids = ids[:-1]  # tokenizers that append eos: the prompt must not end the text
+        return ids
+
+    def prompt_ids(self, tokenizer, prompt: str) -> list[int]:
+        """The token ids a generation for ``prompt`` starts from (as laid out in training)."""
+        if self.uses_chat_template(tokenizer):
+            head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            return list(tokenizer(head, add_special_tokens=False)["input_ids"])
+        return self._plain_prompt_ids(tokenizer, prompt)
+
+    def encode(self, tokenizer, prompt: str, response: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) for one example; labels are -100 up to the response."""
+        if self.uses_chat_template(tokenizer):
+            full, start = self._chat_texts(tokenizer, prompt, response)
+            if getattr(tokenizer, "is_fast", False):
+                enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+                ids = list(enc["input_ids"])
+                labels = [t if begin >= start else IGNORE_INDEX for t, (begin, _) in zip(ids, enc["offset_mapping"], strict=True)]
+            else:
+                n_head = len(tokenizer(full[:start], add_special_tokens=False)["input_ids"])
+                ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
+                labels = [IGNORE_INDEX] * n_head + ids[n_head:]
+        else:
+            head = self._plain_prompt_ids(tokenizer, prompt)
+            answer = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+            if tokenizer.eos_token_id is not None:
+                answer.append(tokenizer.eos_token_id)
+            ids, labels = head + answer, [IGNORE_INDEX] * len(head) + answer
+        if max_length is not None:
+            ids, labels = ids[:max_length], labels[:max_length]
+        return ids, labels
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        """Token ids that end an answer: eos, and the chat template's end-of-turn special token."""
+        ids = {tokenizer.eos_token_id} - {None}
+        if self.uses_chat_template(tokenizer) and getattr(tokenizer, "is_fast", False):
+            full, start = self._chat_texts(tokenizer, "hi", "ok")
+            enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+            special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+            after = [t for t, (begin, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if begin >= start + 2]
+            if after and after[0] in special:
+                ids.add(after[0])
+        return sorted(ids)
+
+    # ------------------------------------------------------------------ Task interface
+
+    def prepare(self, data, tokenizer, max_length: int = 128):
+        from datasets import DatasetDict
+
+        def encode(batch):
+            rows = [self.encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt"], batch["response"], strict=True)]
+            return {
+                "input_ids": [ids for ids, _ in rows],
+                "attention_mask": [[1] * len(ids) for ids, _ in rows],
+                "labels": [labels for _, labels in rows],
+            }
+
+        out = {}
+        for split, ds in data.items():
+            prepared = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="peftkit: tokenizing")
+            kept = prepared.filter(lambda labels: any(t != IGNORE_INDEX for t in labels), input_columns="labels")
+            if len(kept) == 0 and len(prepared):
+                raise ValueError(f"{split}: every example's prompt fills max_length={max_length}; raise max_length.")
+            if len(kept) < len(prepared):
+                warnings.warn(
+                    f"{split}: {len(prepared) - len(kept)} of {len(prepared)} examples have no response token left "
+                    f"within max_length={max_length} (the prompt fills it); they are dropped. Raise max_length to keep them.",
+                    stacklevel=2,
+                )
+            out[split] = kept
+        return DatasetDict(out)
+
+    def eval_step(self, model, batch):
+        labels = batch["labels"]
+        logits = align_logits(model(**model_inputs(model, batch)).logits, labels).float()
+        labels = labels.to(logits.device)
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        losses = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return {"loss_sum": losses.sum(1), "n_tokens": (shift_labels != IGNORE_INDEX).sum(1)}
+
+    def compute_metrics(self, gathered):
+        check_gathered(gathered, "loss_sum", "n_tokens")
+        tokens = float(np.sum(gathered["n_tokens"]))
+        if tokens == 0:
+            raise ValueError("No response tokens in the evaluation data.")
+        loss = float(np.sum(gathered["loss_sum"])) / tokens
+        return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf")}
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+        """Greedy answers to ``prompts`` (laid out as in training), decoded without special tokens."""
+        from transformers import GenerationConfig
+
+        model = getattr(model, "module", model)  # DDP-wrapped
+        device = next(model.parameters()).device
+        pad, stops = pad_token_id(tokenizer), self.stop_ids(tokenizer)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=stops or None)
+        was_training = model.training
+        model.eval()
+        answers: list[str] = []
+        try:
+            for i in range(0, len(prompts), batch_size):
+                ids = [self.prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
+                width = max(len(x) for x in ids)
+                input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # left padding
+                mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+                for row in out[:, width:].tolist():
+                    cut = next((j for j, t in enumerate(row) if t in stops), len(row))
+                    answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        finally:
+            model.train(was_training)
+        return answers
+
+    def exact_match(self, model, tokenizer, dataset, max_new_tokens: int = 32, batch_size: int = 16, max_samples: int | None = None) -> float:
+        """Share of ``dataset`` rows whose greedy answer equals "response" (stripped, casefolded)."""
+        if max_samples is not None:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        answers = self.generate(model, tokenizer, list(dataset["prompt"]), max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return exact_match_score(answers, list(dataset["response"]))
