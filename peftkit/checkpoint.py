@@ -183,18 +183,19 @@ def merge(model: nn.Module) -> nn.Module:
         return model
     if not hasattr(model, "merge_and_unload"):
         raise ValueError(f"Cannot merge a {info.strategy!r} model: PEFT offers no merge for this method.")
-    if is_quantized(model):
-        from .loading import dequantize_model
-
-        warnings.warn(
-            "Merging into a quantized base: the base weights are dequantized to full precision "
-            "first, so the merged model is a full-precision model, not the quantized one you "
-            "trained on (re-quantize it with load_model(..., quantization=...) if you need that).",
-            stacklevel=2,
-        )
-        dequantize_model(model.get_base_model())
     _unwrap_saved_modules(model)
-    return model.merge_and_unload()
+    if not is_quantized(model):
+        return model.merge_and_unload()
+    from .loading import dequantize_model
+
+    warnings.warn(
+        "Merging into a quantized base: PEFT dequantizes each layer, adds the update and "
+        "re-quantizes it, and peftkit then dequantizes the result, so the merged model is a "
+        "full-precision model carrying the quantization error, not the quantized model you "
+        "trained (and not bit-identical to it). Keep the adapter for exact results.",
+        stacklevel=2,
+    )
+    return dequantize_model(model.merge_and_unload())
 
 
 def _unwrap_saved_modules(model: nn.Module) -> None:
