@@ -55,6 +55,15 @@ def build_tiny(arch: str, task: str, seed: int = 0):
     return model.eval()
 
 
+def perturb_trainable(model, scale: float = 0.05, seed: int = 2) -> None:
+    """Move every trainable parameter off its initial value, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
 @pytest.fixture
 def tiny_base(tmp_path: Path):
     """Factory: (model loaded from a saved directory, directory) for (arch, task)."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, perturb_trainable
 from peft import LoraConfig, PeftModel
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -203,11 +203,7 @@ def test_minilm_lora_checkpoint_loads_with_peft_and_by_saved_name(minilm, minilm
     tok = AutoTokenizer.from_pretrained(minilm_path)
     batch = tok(["a gripping, funny film", "dull and far too long"], return_tensors="pt", padding=True)
     wrapped = peftkit.wrap(minilm(), "lora")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in wrapped.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.02)
+    perturb_trainable(wrapped, scale=0.02)
     wrapped.eval()
     expected = wrapped(**batch).logits
     path = peftkit.save(wrapped, tmp_path / "lora", tokenizer=tok)

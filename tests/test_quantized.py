@@ -7,6 +7,7 @@ import warnings
 import bitsandbytes as bnb
 import pytest
 import torch
+from conftest import perturb_trainable
 from torch import nn
 
 import peftkit
@@ -98,11 +99,7 @@ def test_full_fine_tuning_refuses_quantized_model(load, quantization):
 def test_quantized_lora_checkpoint_and_merge(load, tmp_path):
     model, tokenizer = load("4bit")
     model = peftkit.wrap(model, "lora")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    perturb_trainable(model)
     model.eval()
     batch = batch_for(tokenizer)
     with torch.no_grad():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCH_TASKS, VOCAB
+from conftest import ARCH_TASKS, VOCAB, perturb_trainable
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -81,15 +81,6 @@ def intended(name: str, strategy: str, heads: list[str]) -> bool:
     if strategy == "bitfit":
         return name.endswith("bias")
     return any(mark in name for mark in TRAINABLE_MARK[strategy])
-
-
-def perturb_trainable(model, seed: int = 2) -> None:
-    """Move every trainable parameter off its initial value, as training would."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 @pytest.mark.parametrize("strategy", peftkit.STRATEGIES)
