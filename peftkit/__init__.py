@@ -4,6 +4,7 @@ from .checkpoint import load, merge, save
 from .data import load_data
 from .introspect import TASKS, infer_task
 from .loading import load_model
+from .memory import plan
 from .parameters import ParameterCount, count_parameters
 from .strategies import STRATEGIES, default_learning_rate, wrap, wrap_info
 from .tasks import get_task
@@ -25,6 +26,7 @@ __all__ = [
     "load_data",
     "load_model",
     "merge",
+    "plan",
     "save",
     "train",
     "wrap",

@@ -363,7 +363,15 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "predict": ("run a checkpoint on texts or a file", _setup_predict),
     "merge": ("fold a LoRA/IA3 checkpoint into its base model and save it", _setup_merge),
     "ls": ("list strategies and recipes", _setup_ls),
+    "plan": ("predict training memory per strategy and recommend one", lambda p: _lazy_setup("memory", "setup_plan_parser", p)),
 }
+
+
+def _lazy_setup(module: str, name: str, p: argparse.ArgumentParser) -> Callable:
+    """Set up a subcommand whose module is imported only when the parser is built."""
+    import importlib
+
+    return getattr(importlib.import_module(f"peftkit.{module}"), name)(p)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
