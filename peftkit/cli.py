@@ -364,6 +364,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "merge": ("fold a LoRA/IA3 checkpoint into its base model and save it", _setup_merge),
     "ls": ("list strategies and recipes", _setup_ls),
     "plan": ("predict training memory per strategy and recommend one", lambda p: _lazy_setup("memory", "setup_plan_parser", p)),
+    "bench": ("run a benchmark suite, or rebuild its report (--report DIR)", lambda p: _lazy_setup("bench", "setup_bench_parser", p)),
 }
 
 

@@ -1,0 +1,173 @@
+"""The two baselines for the suite's LoRA cell, written the way a user would write them by hand.
+
+- ``baseline-trainer``: Hugging Face ``Trainer`` + PEFT ``get_peft_model``.
+- ``baseline-accelerate``: a minimal hand-written Accelerate + PEFT loop (the shape of
+  Accelerate's ``examples/nlp_example.py``: one ``prepare``, a plain loop, ``backward``).
+
+Both use the same model, data subset, LoRA configuration (rank, alpha, dropout, the same target
+modules), learning rate, AdamW with weight decay off biases and LayerNorm weights, linear
+schedule with the same warmup steps, gradient clipping, batch size, step budget, maximum
+length, dynamic padding and seed as the peftkit cell. Their timed region matches peftkit's:
+tokenizing the training texts, training, and saving the adapter. ``Trainer`` groups batches by
+length (``train_sampling_strategy="group_by_length"``, as peftkit does by default); the
+hand-written loop draws plain shuffled batches, as a minimal loop does. Evaluation (accuracy on
+the test split) is timed apart, as for every cell. Nothing of peftkit trains or evaluates here;
+peftkit only reads the LoRA options' defaults and the target modules, so the adapters match.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .cell import device_label, load_task_data, model_source, preload, resolve_device
+from .measure import MemoryProbe, directory_mb
+from .suite import CellKey, Suite
+
+
+def _lora_config(model, options: dict[str, Any]):
+    """PEFT's LoraConfig with the same settings peftkit's ``lora`` strategy resolves to."""
+    from peft import LoraConfig, TaskType
+
+    from ..strategies import REGISTRY
+    from ..targets import attention_targets
+
+    o = REGISTRY["lora"].resolve_options(options)
+    targets = attention_targets(model) if o["target_modules"] == "auto" else o["target_modules"]
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"],
+                      target_modules=[targets] if isinstance(targets, str) else list(targets),
+                      use_dora=o["use_dora"], use_rslora=o["use_rslora"], init_lora_weights=o["init"], bias=o["bias"])
+
+
+def _tokenize(dataset, tokenizer, max_length: int):
+    encoded = dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
+                          remove_columns=["text"])
+    return encoded.rename_column("label", "labels")
+
+
+def _accuracy(model, tokenizer, test, max_length: int, batch_size: int) -> float:
+    """Plain argmax accuracy, batches sorted by length (as every cell is evaluated)."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    encoded = _tokenize(test, tokenizer, max_length)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
+    encoded = encoded.select(order)
+    collate = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            batch = {k: v.to(device) for k, v in collate([encoded[j] for j in range(i, min(i + batch_size, len(encoded)))]).items()}
+            labels = batch.pop("labels")
+            correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
+    return correct / len(encoded)
+
+
+def _train_with_trainer(model, tokenizer, train, settings: dict[str, Any], out: Path) -> None:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    encoded = _tokenize(train, tokenizer, settings["max_length"])
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), max_steps=settings["steps"], per_device_train_batch_size=settings["batch_size"],
+        learning_rate=settings["lr"], weight_decay=settings["weight_decay"], warmup_steps=settings["warmup"],
+        lr_scheduler_type=settings["scheduler"], max_grad_norm=settings["max_grad_norm"] or 0.0,
+        seed=settings["seed"], data_seed=settings["seed"], logging_steps=10, save_strategy="no", eval_strategy="no",
+        report_to="none", use_cpu=settings["device"] == "cpu", disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",
+    )
+    Trainer(model=model, args=args, train_dataset=encoded, data_collator=DataCollatorWithPadding(tokenizer)).train()
+    model.save_pretrained(out / "adapter")
+
+
+def _train_with_accelerate(model, tokenizer, train, settings: dict[str, Any], out: Path) -> None:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding, get_scheduler
+
+    accelerator = Accelerator(cpu=settings["device"] == "cpu")
+    set_seed(settings["seed"])
+    encoded = _tokenize(train, tokenizer, settings["max_length"])
+    loader = DataLoader(encoded, batch_size=settings["batch_size"], shuffle=True,
+                        collate_fn=DataCollatorWithPadding(tokenizer), generator=torch.Generator().manual_seed(settings["seed"]))
+    no_decay = ("bias", "LayerNorm.weight")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if not any(k in n for k in no_decay)], "weight_decay": settings["weight_decay"]},
+              {"params": [p for n, p in params if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
+    scheduler = get_scheduler(settings["scheduler"], optimizer, num_warmup_steps=settings["warmup"],
+                              num_training_steps=settings["steps"])
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    step = 0
+    while step < settings["steps"]:
+        for batch in loader:
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if settings["max_grad_norm"]:
+                accelerator.clip_grad_norm_(model.parameters(), settings["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step >= settings["steps"]:
+                break
+    accelerator.unwrap_model(model).save_pretrained(out / "adapter")
+
+
+def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Train the suite's LoRA cell with ``Trainer`` or a hand-written loop; fill ``row`` like a cell."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..data import label_names
+    from ..training import TrainConfig
+
+    task = suite.task(key.task)
+    spec = suite.strategy(suite.baselines["strategy"])
+    device = resolve_device(suite)
+    budget = suite.budget_for(task)
+    config = TrainConfig(**budget)  # the same defaults the peftkit cell trains with
+    if not config.max_steps:
+        raise ValueError("The baselines need a step budget: set budget.max_steps in the suite.")
+    lr = spec.lr or 5e-4
+    settings = {"steps": config.max_steps, "batch_size": config.batch_size, "lr": lr, "weight_decay": config.weight_decay,
+                "warmup": int(config.warmup_ratio * config.max_steps), "scheduler": config.scheduler,
+                "max_grad_norm": config.max_grad_norm, "seed": key.seed, "max_length": task.max_length, "device": device}
+    row.update(device=device_label(device), base_strategy="lora", lr=lr, max_steps=config.max_steps,
+               options=str(spec.options), batch_size=config.batch_size)
+    torch.manual_seed(key.seed)
+    data = load_task_data(task, key.train_size, key.seed)
+    labels = label_names(data, task.task)
+    row.update(train_samples=len(data["train"]), eval_samples=len(data["test"]))
+    preload(trainer=key.strategy == "baseline-trainer")
+
+    probe = MemoryProbe("cuda" if device == "cuda" else "cpu")
+    probe.start()
+    path, extra = model_source(suite)
+    tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, **extra, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = get_peft_model(model, _lora_config(model, spec.options))
+    trainable, total = model.get_nb_trainable_parameters()
+    row.update(trainable_params=trainable, total_params=total, trainable_percent=round(100 * trainable / total, 4))
+
+    train = _train_with_trainer if key.strategy == "baseline-trainer" else _train_with_accelerate
+    start, cpu_start = time.perf_counter(), time.process_time()
+    train(model, tokenizer, data["train"], settings, work_dir)
+    seconds = time.perf_counter() - start
+    row.update(train_seconds=round(seconds, 2), train_cpu_seconds=round(time.process_time() - cpu_start, 2),
+               samples_per_second=round(config.max_steps * config.batch_size / seconds, 2))
+
+    start = time.perf_counter()
+    accuracy = _accuracy(model, tokenizer, data["test"], task.max_length, config.eval_batch_size or config.batch_size)
+    row.update(eval_seconds=round(time.perf_counter() - start, 2), metric_name="accuracy", metric_value=round(accuracy, 6),
+               metrics=f'{{"accuracy": {accuracy}}}', checkpoint_mb=directory_mb(work_dir / "adapter"))
+    row.update(probe.stop())
+    row["status"] = "ok"
+    return row

@@ -1,0 +1,358 @@
+"""One benchmark cell, run in its own process so that its memory is measured clean.
+
+    python -m peftkit.bench.cell --suite SUITE.yaml --task sst2 --strategy lora --seed 0 \\
+        --train-size 4800 --result out.json [--work-dir DIR]
+
+Steps: read the data → idle baseline (`measure.MemoryProbe`) → `peftkit.load_model` (quantized
+for the quantized cells) → `peftkit.wrap` → `peftkit.train` with the suite's budget (timed) →
+evaluate on the test split → `peftkit.save` the adapter (its size on disk) → peak memory →
+the planner's prediction for the same cell. The result row is written to ``--result`` as JSON,
+also when the cell fails (its ``error`` then says why); the exit status is 0 on success, 1 on a
+recorded failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .measure import MemoryProbe, directory_mb
+from .suite import BASELINE_STRATEGIES, CellKey, StrategySpec, Suite, TaskSpec, load_suite
+
+# The columns of results.csv, in this order (issue 5); extra columns follow them.
+COLUMNS = (
+    "suite", "task", "strategy", "quantization", "trainable_params", "total_params", "trainable_percent",
+    "peak_memory_mb", "predicted_peak_memory_mb", "train_seconds", "samples_per_second", "metric_name",
+    "metric_value", "checkpoint_mb", "device", "error",
+)
+EXTRA_COLUMNS = (
+    "seed", "train_size", "task_type", "base_strategy", "options", "lr", "batch_size", "max_steps", "max_length",
+    "seq_len", "train_samples", "eval_samples", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds", "metrics", "peak_rss_mb", "peak_memory_reserved_mb",
+    "baseline_rss_mb", "peak_reset", "prediction_note", "torch", "transformers", "peft", "cell_seconds", "cell_cpu_seconds",
+    "status",
+)
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+           "accelerate": accelerate.__version__, "peftkit": __version__, "python": platform.python_version()}
+    try:
+        import bitsandbytes
+
+        out["bitsandbytes"] = bitsandbytes.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def resolve_device(suite: Suite) -> str:
+    """"cpu" or "cuda" for this run (``auto`` picks CUDA when torch sees a GPU)."""
+    import torch
+
+    if suite.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return suite.device
+
+
+def device_label(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return "cpu"
+
+
+def preload(quantization: str | None = None, trainer: bool = False) -> None:
+    """Import what the cell will need before the idle baseline, so that module memory and import
+    time count neither as training memory nor as training time."""
+    import accelerate  # noqa: F401
+    import evaluate  # noqa: F401
+    import peft  # noqa: F401
+
+    if trainer:
+        import transformers.trainer  # noqa: F401
+    if quantization:
+        import bitsandbytes  # noqa: F401
+
+
+def empty_row(suite: Suite, key: CellKey, task: TaskSpec) -> dict[str, Any]:
+    """A row with every column, filled with what is known before the cell runs."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS + EXTRA_COLUMNS)
+    row.update(suite=key.suite, task=key.task, strategy=key.strategy, quantization=key.quantization,
+               seed=key.seed, train_size=key.train_size, task_type=task.task, metric_name=task.metric,
+               max_length=task.max_length, error="", status="failed")
+    budget = suite.budget_for(task)
+    row.update(batch_size=budget.get("batch_size", 16), max_steps=budget.get("max_steps"))
+    return row
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def gguf_cache_dir(suite: Suite) -> Path:
+    """Where a suite's GGUF model is kept dequantized ($PEFTKIT_BENCH_CACHE, else ~/.cache/peftkit/bench)."""
+    root = Path(os.environ.get("PEFTKIT_BENCH_CACHE") or Path.home() / ".cache" / "peftkit" / "bench")
+    return root / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{suite.model.path}-{suite.model.gguf_file}")
+
+
+def convert_gguf(suite: Suite, task: str = "causal-lm") -> Path:
+    """Load the suite's GGUF file once (dequantized) and save it as a plain model folder.
+
+    Every cell then loads the same plain weights, and the quantized cells can quantize them
+    (`load_model` cannot quantize straight from a GGUF file).
+    """
+    from ..checkpoint import atomic_directory
+    from ..loading import load_model
+
+    target = gguf_cache_dir(suite)
+    if not (target / "config.json").is_file():
+        model, tokenizer = load_model(suite.model.resolve(), task=task, gguf_file=suite.model.gguf_file)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return target
+
+
+def model_source(suite: Suite) -> tuple[str, dict[str, Any]]:
+    """(path, extra load_model kwargs): a GGUF model's plain copy once `convert_gguf` made it."""
+    if suite.model.gguf_file:
+        target = gguf_cache_dir(suite)
+        if (target / "config.json").is_file():
+            return str(target), {}
+        return suite.model.resolve(), {"gguf_file": suite.model.gguf_file}
+    return suite.model.resolve(), {}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _fixed_subset(ds, n: int | None):
+    """The same ``n`` rows whatever the cell's seed (a fixed test subset)."""
+    import numpy as np
+
+    if n is None or n >= len(ds):
+        return ds
+    return ds.select(sorted(np.random.default_rng(0).choice(len(ds), size=n, replace=False).tolist()))
+
+
+def load_task_data(task: TaskSpec, train_size: int | None, seed: int):
+    """DatasetDict(train=seeded subset of ``train_size``, test=the test file or its fixed subset)."""
+    from datasets import DatasetDict
+
+    from ..data import load_data
+
+    for split in ("train", "test"):
+        if not Path(getattr(task, split)).exists():
+            raise FileNotFoundError(
+                f"The {split} file of task {task.name!r} is missing: {getattr(task, split)}. Set PEFTKIT_DATA_DIR "
+                f"to the folder holding the datasets (see ../shared/data/README.md){f' or use the hub id {task.hub_id}' if task.hub_id else ''}."
+            )
+    # No validation split is used (every cell trains for the same budget and is scored on test), so
+    # load_data carves off a single row instead of 10% of the training file.
+    data = load_data(None, task.task, train=task.train, test=task.test, seed=seed, max_train_samples=train_size,
+                     validation_fraction=1e-6, **task.columns)
+    test = _fixed_subset(data["test"], task.test_size)
+    data = DatasetDict(train=data["train"], test=test)
+    if task.prompt_template:
+        template = task.prompt_template
+        data = data.map(lambda row: {"prompt": template.format(text=row["prompt"])}, desc="peftkit: prompts")
+    return data
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_test(model, tokenizer, task_obj, test, task: TaskSpec, batch_size: int, device: str) -> dict[str, float]:
+    """The task's metrics on ``test`` (generation + exact match for causal-lm)."""
+    if task.task == "causal-lm":
+        score = task_obj.exact_match(model, tokenizer, test, max_new_tokens=task.max_new_tokens, batch_size=batch_size)
+        return {"exact_match": score}
+    import numpy as np
+    from accelerate import Accelerator
+    from datasets import DatasetDict
+    from torch.utils.data import DataLoader
+
+    from ..training import evaluate
+
+    prepared = task_obj.prepare(DatasetDict(test=test), tokenizer, max_length=task.max_length)["test"]
+    lengths = [len(x) for x in prepared["input_ids"]]
+    prepared = prepared.select(np.argsort(lengths, kind="stable")[::-1].tolist())  # less padding
+    loader = DataLoader(prepared, batch_size=batch_size, collate_fn=task_obj.collator(tokenizer))
+    return evaluate(model, loader, task_obj, Accelerator(cpu=device == "cpu"))
+
+
+def longest_input(task_obj, tokenizer, train, max_length: int) -> int:
+    """The padded length of the longest training batch: the longest tokenized example."""
+    from datasets import DatasetDict
+
+    prepared = task_obj.prepare(DatasetDict(train=train), tokenizer, max_length=max_length)["train"]
+    return max(len(x) for x in prepared["input_ids"])
+
+
+# --------------------------------------------------------------------------- the planner
+
+
+def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_size: int, seq_len: int,
+                      device: str, num_labels: int | None = None) -> tuple[float | None, str]:
+    """The planner's predicted peak (MiB) for one cell, and a note; (None, why) when unavailable.
+
+    Kept in this one function so that a change in `peftkit.memory` is fixed here alone.
+    """
+    try:
+        from ..memory import plan
+    except ImportError:
+        return None, "planner not available (peftkit.memory)"
+    try:
+        options = {strategy.strategy: dict(strategy.options)} if strategy.options else {}
+        result = plan(model_path, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy.strategy],
+                      quantization=(strategy.quantization,), device=device, num_labels=num_labels, **options)
+        row = result.rows[0]
+    except Exception as err:  # noqa: BLE001 - a planner bug must not fail the measured cell
+        return None, f"planner failed: {type(err).__name__}: {err}"
+    if getattr(row, "error", None):
+        return None, f"planner refused: {row.error}"
+    return round(row.predicted_peak / 2**20, 1), ""
+
+
+# --------------------------------------------------------------------------- the cell
+
+
+def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Run one strategy cell, filling ``row`` as it goes (a failure leaves what was measured)."""
+    import torch
+
+    import peftkit
+
+    from ..data import label_names
+    from ..tasks import get_task
+
+    task = suite.task(key.task)
+    spec = suite.strategy(key.strategy)
+    device = resolve_device(suite)
+    budget = suite.budget_for(task)
+    row.update(device=device_label(device), base_strategy=spec.strategy, options=json.dumps(spec.options, sort_keys=True),
+               lr=spec.lr or peftkit.default_learning_rate(spec.strategy))
+    torch.manual_seed(key.seed)
+    data = load_task_data(task, key.train_size, key.seed)
+    row.update(train_samples=len(data["train"]), eval_samples=len(data["test"]))
+    labels = label_names(data, task.task)
+    preload(spec.quantization)
+
+    probe = MemoryProbe("cuda" if device == "cuda" else "cpu")
+    probe.start()
+    model_path, extra = model_source(suite)
+    model, tokenizer = peftkit.load_model(model_path, task=task.task, labels=labels, quantization=spec.quantization, **extra)
+    model = peftkit.wrap(model, spec.strategy, **spec.options)
+    counts = peftkit.count_parameters(model)
+    row.update(trainable_params=counts.trainable, total_params=counts.total, trainable_percent=round(counts.percent, 4))
+
+    task_obj = get_task(task.task)
+    config = peftkit.TrainConfig(
+        **{"log_every": 10, "save_total_limit": 1, **budget},
+        output_dir=str(work_dir / "train"), seed=key.seed, lr=spec.lr, max_length=task.max_length,
+        progress=False, device=device, cpu=device == "cpu",
+    )
+    from datasets import DatasetDict
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    peftkit.train(model, tokenizer, DatasetDict(train=data["train"]), config, task=task_obj)
+    seconds = time.perf_counter() - start
+    row["train_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
+    if config.max_steps:
+        steps, samples = config.max_steps, config.max_steps * config.batch_size * config.gradient_accumulation_steps
+    else:
+        steps = -(-len(data["train"]) // (config.batch_size * config.gradient_accumulation_steps)) * config.epochs
+        samples = len(data["train"]) * config.epochs
+    row.update(train_seconds=round(seconds, 2), samples_per_second=round(samples / seconds, 2), max_steps=steps)
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    eval_batch = config.eval_batch_size or config.batch_size
+    metrics = evaluate_test(model, tokenizer, task_obj, data["test"], task, eval_batch, device)
+    row.update(eval_seconds=round(time.perf_counter() - start, 2), eval_cpu_seconds=round(time.process_time() - cpu_start, 2),
+               metrics=json.dumps(metrics, sort_keys=True))
+    row["metric_value"] = round(float(metrics[task.metric]), 6)
+
+    adapter = peftkit.save(model, work_dir / "adapter")
+    row["checkpoint_mb"] = directory_mb(adapter)
+    row.update(probe.stop())
+
+    seq_len = longest_input(task_obj, tokenizer, data["train"], task.max_length)
+    predicted, note = predicted_peak_mb(model_path, task.task, spec, config.batch_size, seq_len, device,
+                                        num_labels=len(labels) if labels else None)
+    row.update(seq_len=seq_len, predicted_peak_memory_mb=predicted, prediction_note=note, status="ok")
+    return row
+
+
+def execute(suite: Suite, key: CellKey, work_dir: Path) -> dict[str, Any]:
+    """Run the cell (or baseline) for ``key``; failures become the row's ``error``."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    task = suite.task(key.task)
+    row = empty_row(suite, key, task)
+    row.update({k: v for k, v in versions().items() if k in EXTRA_COLUMNS})
+    begin, cpu_begin = time.perf_counter(), time.process_time()
+    try:
+        if key.strategy in BASELINE_STRATEGIES:
+            from .baselines import run_baseline
+
+            run_baseline(suite, key, work_dir, row)
+        else:
+            run_cell(suite, key, work_dir, row)
+    except Exception as err:  # noqa: BLE001 - every failure is recorded, the suite goes on
+        row["error"] = " ".join(f"{type(err).__name__}: {err}".split())
+        row["traceback"] = traceback.format_exc()[-4000:]
+        row["status"] = "failed"
+    row["cell_seconds"] = round(time.perf_counter() - begin, 1)
+    row["cell_cpu_seconds"] = round(time.process_time() - cpu_begin, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--strategy", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--result", required=True, help="write the result row here (JSON)")
+    parser.add_argument("--work-dir", default=None, help="checkpoints and logs (default: a temporary directory, removed)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    suite = load_suite(args.suite)
+    spec = None if args.strategy in BASELINE_STRATEGIES else suite.strategy(args.strategy)
+    key = CellKey(suite.name, args.task, args.strategy, spec.quantization if spec else None, args.seed, args.train_size)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="peftkit-cell-"))
+    try:
+        row = execute(suite, key, work)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    Path(args.result).write_text(json.dumps(row, indent=1, default=str) + "\n")
+    return 0 if row["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

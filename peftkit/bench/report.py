@@ -1,0 +1,500 @@
+"""Tables and plots from a suite's results.json: results.md and PNG files, rebuilt at any time.
+
+    peftkit bench --report benchmarks/results/main
+
+writes ``results.md`` (one table per task, with the command lines that produced the results,
+the machine, the versions and the dates; the baselines and targets when the suite has them)
+and ``metric_vs_params.png``, ``peak_memory.png``, ``train_time.png`` and, for a data-size
+sweep, ``sweep.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .runner import RESULTS_JSON, read_results, write_csv
+from .suite import BASELINE_STRATEGIES
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H")
+BASELINE_GOALS = {"baseline-trainer": 1.0, "baseline-accelerate": 1.02}
+BASELINE_NAMES = {"baseline-trainer": "HF Trainer + PEFT", "baseline-accelerate": "hand-written Accelerate + PEFT loop"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    return not row.get("error") and isinstance(row.get("metric_value"), (int, float))
+
+
+def _num(value: Any, digits: int = 1, thousands: bool = False) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float) and not thousands:
+        return f"{value:,.{digits}f}"
+    return f"{int(value):,}" if thousands else str(value)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def strategy_order(results: dict[str, Any]) -> list[str]:
+    """The suite's strategies in its order, then baselines, then anything else in the rows."""
+    order = list(results.get("strategies") or [])
+    for row in results.get("rows", []):
+        if row["strategy"] not in order and row["strategy"] not in BASELINE_STRATEGIES:
+            order.append(row["strategy"])
+    return order + [b for b in BASELINE_STRATEGIES if any(r["strategy"] == b for r in results.get("rows", []))]
+
+
+def styles(results: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """strategy -> (marker, colour), the same in every plot."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    hues = [cmap(i) for i in range(0, 20, 2)] + [cmap(i) for i in range(1, 20, 2)]  # ten distinct hues first
+    return {name: (MARKERS[i % len(MARKERS)], hues[i % 20]) for i, name in enumerate(strategy_order(results))}
+
+
+def task_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """{task: rows} in the suite's task order, rows in strategy order then train size then seed."""
+    order = {name: i for i, name in enumerate(strategy_order(results))}
+    tasks: dict[str, list[dict[str, Any]]] = {name: [] for name in (results.get("tasks") or {})}
+    for row in results.get("rows", []):
+        tasks.setdefault(row["task"], []).append(row)
+    for rows in tasks.values():
+        rows.sort(key=lambda r: (r.get("train_size") or 0, order.get(r["strategy"], 99), r.get("seed") or 0))
+    return {t: rows for t, rows in tasks.items() if rows}
+
+
+def _sizes(rows: list[dict[str, Any]]) -> list[Any]:
+    return sorted({r.get("train_size") for r in rows}, key=lambda s: (s is None, s or 0))
+
+
+# --------------------------------------------------------------------------- targets, baselines, planner
+
+
+def target_notes(results: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """{(task, strategy): "target ... met/missed"} for the suite's accuracy-gap targets."""
+    targets = results.get("targets")
+    if not targets:
+        return {}
+    rows = [r for r in results.get("rows", []) if r["task"] == targets["task"] and r["strategy"] not in BASELINE_STRATEGIES]
+    largest = max((r.get("train_size") or 0 for r in rows), default=0)
+    rows = [r for r in rows if (r.get("train_size") or 0) == largest]
+    ref = next((r for r in rows if r["strategy"] == targets["reference"] and _ok(r)), None)
+    notes = {}
+    for name, gap in targets["max_gap"].items():
+        row = next((r for r in rows if r["strategy"] == name), None)
+        if row is None:
+            continue
+        if ref is None or not _ok(row):
+            notes[(targets["task"], name)] = f"target (within {100 * gap:g} pt of {targets['reference']}): not measured"
+            continue
+        diff = 100 * (row["metric_value"] - ref["metric_value"])
+        verdict = "met" if -diff <= 100 * gap + 1e-9 else "**missed**"
+        notes[(targets["task"], name)] = f"target: within {100 * gap:g} pt of {targets['reference']}: {verdict} ({diff:+.1f} pt)"
+    return notes
+
+
+def baseline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """peftkit's LoRA cell beside the baselines: time ratio, accuracy, goal."""
+    spec = results.get("baselines")
+    if not spec:
+        return []
+    rows = [r for r in results.get("rows", []) if r["task"] == spec["task"]]
+    ours = next((r for r in rows if r["strategy"] == spec["strategy"] and _ok(r)), None)
+    out = []
+    for name in BASELINE_STRATEGIES:
+        base = next((r for r in rows if r["strategy"] == name), None)
+        if base is None:
+            continue
+        ratio = None
+        if ours and _ok(base) and base.get("train_seconds"):
+            ratio = ours["train_seconds"] / base["train_seconds"]
+        out.append({"name": name, "row": base, "ours": ours, "ratio": ratio, "goal": BASELINE_GOALS[name]})
+    return out
+
+
+def planner_errors(results: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+    """(row, relative error of the prediction) for every cell measured and predicted."""
+    out = []
+    for row in results.get("rows", []):
+        measured, predicted = row.get("peak_memory_mb"), row.get("predicted_peak_memory_mb")
+        if _ok(row) and isinstance(measured, (int, float)) and measured > 0 and isinstance(predicted, (int, float)):
+            out.append((row, (predicted - measured) / measured))
+    return out
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _environment_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for run in results.get("runs", []):
+        m, v = run.get("machine", {}), run.get("versions", {})
+        where = f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        soft = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "peftkit", "python") if k in v)
+        lines.append(f"- {run.get('date')}: `{run.get('command')}` ({run.get('cells_run', 0)} cells run, "
+                     f"{run.get('cells_skipped', 0)} already done{'; ' + str(run['jobs']) + ' cells at a time' if run.get('jobs', 1) > 1 else ''})  \n"
+                     f"  machine: {where}, {m.get('os')}  \n  versions: {soft}")
+    return lines
+
+
+def _task_heading(name: str, info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    budget = info.get("budget") or {}
+    steps = f"{budget['max_steps']} steps of {budget.get('batch_size', 16)}" if budget.get("max_steps") else \
+        f"{budget.get('epochs')} epoch(s), batch {budget.get('batch_size', 16)}"
+    sizes = [s for s in _sizes(rows) if s is not None]
+    used = {r.get("train_samples") for r in rows if r.get("train_samples")}
+    if len(sizes) <= 1 and len(used) == 1:
+        sizes = list(used)  # what the cells trained on (a size above the file's rows takes them all)
+    train = f"{', '.join(f'{s:,}' for s in sizes)} training examples" if sizes else "the whole training set"
+    evals = next((r.get("eval_samples") for r in rows if r.get("eval_samples")), None)
+    hub = f"; hub id `{info['hub_id']}`" if info.get("hub_id") else ""
+    return (f"## {name}\n\n{info.get('task', rows[0].get('task_type'))}: {info.get('metric', rows[0].get('metric_name'))} "
+            f"on the test split ({f'{evals:,} examples, ' if evals else ''}`{Path(str(info.get('test', ''))).name}`), "
+            f"{train}, {steps}, max length {info.get('max_length')}{hub}.")
+
+
+def _task_table(rows: list[dict[str, Any]], metric: str, notes: dict[tuple[str, str], str]) -> list[str]:
+    sweep = len(_sizes(rows)) > 1
+    seeds = len({r.get("seed") for r in rows}) > 1
+    head = ["strategy"] + (["train size"] if sweep else []) + (["seed"] if seeds else []) + [
+        "quantization", "trainable params", "trainable %", "peak memory (MiB)", "predicted peak (MiB)",
+        "train time (s)", "samples/s", "checkpoint (MiB)", metric, "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head) - 1)) + "|---|"]
+    for r in rows:
+        note = notes.get((r["task"], r["strategy"]), "")
+        if r.get("error"):
+            note = f"failed: {_short(r['error'])}"
+        cells = [r["strategy"]] + ([_num(r.get("train_size"), thousands=True)] if sweep else []) + (
+            [str(r.get("seed"))] if seeds else []) + [
+            r.get("quantization") or "none", _num(r.get("trainable_params"), thousands=True),
+            _num(r.get("trainable_percent"), 3), _num(r.get("peak_memory_mb"), 0), _num(r.get("predicted_peak_memory_mb"), 0),
+            _num(r.get("train_seconds"), 1), _num(r.get("samples_per_second"), 1), _num(r.get("checkpoint_mb"), 2),
+            _num(r.get("metric_value"), 4) if _ok(r) else "—", note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _sweep_table(rows: list[dict[str, Any]], metric: str, order: list[str]) -> list[str]:
+    sizes = [s for s in _sizes(rows) if s is not None]
+    lines = [f"{metric} by number of training examples:", "",
+             "| strategy | " + " | ".join(f"{s:,}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for name in [n for n in order if any(r["strategy"] == n for r in rows)]:
+        values = []
+        for size in sizes:
+            found = [r["metric_value"] for r in rows if r["strategy"] == name and r.get("train_size") == size and _ok(r)]
+            values.append(f"{statistics.mean(found):.4f}" if found else "—")
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
+    return lines
+
+
+def markdown(results: dict[str, Any], plots: list[str]) -> str:
+    """The whole results.md."""
+    name = results.get("suite", "?")
+    order = strategy_order(results)
+    notes = target_notes(results)
+    lines = [f"# Benchmark results: `{name}`", ""]
+    if results.get("description"):
+        lines += [results["description"], ""]
+    lines += [f"Suite file: `{Path(str(results.get('suite_file', ''))).name}`; model: `{results.get('model')}`. "
+              "Produced by (date, command line, machine, versions):", ""]
+    lines += _environment_lines(results) + [""]
+    lines += [
+        "Columns: *trainable %* = trainable / total parameters (4-bit weights count as the values they hold); "
+        "*peak memory* = peak resident memory of the cell's own process above its idle baseline (after imports "
+        "and data loading, before the model is loaded) on the CPU, `torch.cuda.max_memory_allocated` on CUDA; "
+        "*predicted peak* = `peftkit.plan`'s prediction for the same cell (batch size, longest training "
+        "sequence); *train time* = wall time of the training call (tokenizing, training, saving the model) at "
+        "the same step budget for every cell of a task; *checkpoint* = the adapter saved with `peftkit.save` "
+        "(the whole model for `full`). Failed cells keep their row with the error.", ""]
+    tasks_info = results.get("tasks") or {}
+    for task, rows in task_rows(results).items():
+        info = tasks_info.get(task, {})
+        metric = info.get("metric") or rows[0].get("metric_name") or "metric"
+        lines += [_task_heading(task, info, rows), ""] + _task_table(rows, metric, notes) + [""]
+        if len(_sizes(rows)) > 1:
+            lines += _sweep_table(rows, metric, order) + [""]
+    lines += _baseline_section(results) + _targets_section(results, notes) + _planner_section(results)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _baseline_section(results: dict[str, Any]) -> list[str]:
+    rows = baseline_rows(results)
+    if not rows:
+        return []
+    spec = results["baselines"]
+    lines = [f"## peftkit against hand-written training ({spec['task']}, {spec['strategy']})", "",
+             "The same LoRA cell (model, data, LoRA settings and target modules, learning rate, schedule, "
+             "clipping, batch, steps, seed) trained by peftkit and by each baseline. Time ratio = peftkit's "
+             "train time / the baseline's (below 1: peftkit is faster). `Trainer` groups batches by length like "
+             "peftkit; the hand-written loop draws plain shuffled batches.", "",
+             "| trained by | train time (s) | samples/s | peak memory (MiB) | accuracy | peftkit time ratio | goal | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    ours = rows[0]["ours"]
+    if ours:
+        lines.append(f"| peftkit (`{spec['strategy']}`) | {_num(ours.get('train_seconds'))} | {_num(ours.get('samples_per_second'))} | "
+                     f"{_num(ours.get('peak_memory_mb'), 0)} | {_num(ours.get('metric_value'), 4)} | | | |")
+    for item in rows:
+        r = item["row"]
+        if r.get("error"):
+            lines.append(f"| {BASELINE_NAMES[item['name']]} | | | | — | | ≤ {item['goal']:g} | failed: {_short(r['error'])} |")
+            continue
+        ratio = item["ratio"]
+        verdict = "" if ratio is None else ("met" if ratio <= item["goal"] else "**missed**")
+        lines.append(f"| {BASELINE_NAMES[item['name']]} | {_num(r.get('train_seconds'))} | {_num(r.get('samples_per_second'))} | "
+                     f"{_num(r.get('peak_memory_mb'), 0)} | {_num(r.get('metric_value'), 4)} | "
+                     f"{'' if ratio is None else f'{ratio:.3f}'} | ≤ {item['goal']:g} | {verdict} |")
+    return lines + [""]
+
+
+def _targets_section(results: dict[str, Any], notes: dict[tuple[str, str], str]) -> list[str]:
+    targets = results.get("targets")
+    if not targets or not notes:
+        return []
+    lines = [f"## Targets ({targets['task']}, gap to `{targets['reference']}`)", ""]
+    for (task, name), note in notes.items():
+        row = next((r for r in results["rows"] if r["task"] == task and r["strategy"] == name), {})
+        lines.append(f"- `{name}` (lr {row.get('lr')}, options {row.get('options') or '{}'}): {note}")
+    return lines + [""]
+
+
+def _planner_section(results: dict[str, Any]) -> list[str]:
+    errors = planner_errors(results)
+    if not errors:
+        return []
+    absolute = [abs(e) for _, e in errors]
+    worst_row, worst = max(errors, key=lambda item: abs(item[1]))
+    return ["## Planner", "",
+            f"`peftkit.plan` against the measured peaks: median absolute error {100 * statistics.median(absolute):.1f}% "
+            f"over {len(errors)} cells, worst {100 * worst:+.1f}% ({worst_row['task']}/{worst_row['strategy']}); "
+            "targets: median at most 15%, worst at most 25%.", ""]
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _figure(n: int, height: float, width: float = 5.6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(width * n + 1.8, height), squeeze=False)
+    return plt, fig, list(axes[0])
+
+
+def _largest_size(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    largest = _sizes(rows)[-1]
+    return [r for r in rows if r.get("train_size") == largest]
+
+
+def plot_metric_vs_params(results: dict[str, Any], path: Path) -> Path | None:
+    tasks = {t: [r for r in _largest_size(rows) if _ok(r) and r["strategy"] not in BASELINE_STRATEGIES and r.get("trainable_params")]
+             for t, rows in task_rows(results).items()}
+    tasks = {t: rows for t, rows in tasks.items() if rows}
+    if not tasks:
+        return None
+    from matplotlib.ticker import NullFormatter
+
+    style = styles(results)
+    plt, fig, axes = _figure(len(tasks), 4.6)
+    handles = {}
+    for ax, (task, rows) in zip(axes, tasks.items(), strict=True):
+        for r in rows:
+            marker, colour = style[r["strategy"]]
+            handles[r["strategy"]] = ax.scatter(r["trainable_params"], r["metric_value"], marker=marker, color=colour,
+                                                s=70, edgecolors="black", linewidths=0.5, label=r["strategy"], zorder=3)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("trainable parameters (count, log scale)")
+        ax.set_ylabel(f"{rows[0].get('metric_name')} on test (0-1)")
+        ax.set_title(task)
+        ax.grid(True, which="both", alpha=0.3)
+    order = [n for n in strategy_order(results) if n in handles]
+    fig.legend([handles[n] for n in order], order, loc="center right", title="strategy", fontsize=9)
+    fig.suptitle(f"{results.get('suite')}: test metric vs trainable parameters")
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(results: dict[str, Any], path: Path, field: str, xlabel: str, title: str, predicted: str | None = None) -> Path | None:
+    """Horizontal bars per strategy, one panel per task; failed cells are named, with no bar."""
+    tasks = {t: _largest_size(rows) for t, rows in task_rows(results).items()}
+    if not any(isinstance(r.get(field), (int, float)) and not r.get("error") for rows in tasks.values() for r in rows):
+        return None
+    style = styles(results)
+    height = 1.6 + 0.32 * max(len(rows) for rows in tasks.values())
+    plt, fig, axes = _figure(len(tasks), height, width=5.0)
+    shown_prediction = False
+    for ax, (task, rows) in zip(axes, tasks.items(), strict=True):
+        labels, ys = [], []
+        for y, r in enumerate(rows):
+            value = r.get(field)
+            failed = bool(r.get("error")) or not isinstance(value, (int, float))
+            labels.append(f"{r['strategy']}{' (failed)' if failed else ''}")
+            ys.append(y)
+            if failed:
+                continue
+            marker, colour = style[r["strategy"]]
+            ax.barh(y, value, color=colour, edgecolor="black", linewidth=0.5)
+            ax.text(value, y, f" {value:,.0f}" if value >= 10 else f" {value:.1f}", va="center", fontsize=8)
+            if predicted and isinstance(r.get(predicted), (int, float)):
+                ax.plot(r[predicted], y, marker="|", color="black", markersize=14, markeredgewidth=2,
+                        label=None if shown_prediction else "planner prediction")
+                shown_prediction = True
+        ax.set_yticks(ys, labels, fontsize=9)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(task)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.margins(x=0.18)
+    if shown_prediction:
+        fig.legend(loc="upper right", fontsize=9)
+    fig.suptitle(f"{results.get('suite')}: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
+    tasks = {t: rows for t, rows in task_rows(results).items() if len(_sizes(rows)) > 1}
+    if not tasks:
+        return None
+    style = styles(results)
+    plt, fig, axes = _figure(len(tasks), 4.6)
+    handles = {}
+    for ax, (task, rows) in zip(axes, tasks.items(), strict=True):
+        sizes = [s for s in _sizes(rows) if s is not None]
+        for name in [n for n in strategy_order(results) if any(r["strategy"] == n for r in rows)]:
+            points = [(s, statistics.mean(vals)) for s in sizes
+                      if (vals := [r["metric_value"] for r in rows if r["strategy"] == name and r.get("train_size") == s and _ok(r)])]
+            if not points:
+                continue
+            marker, colour = style[name]
+            (handles[name],) = ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=colour,
+                                       markersize=7, markeredgecolor="black", markeredgewidth=0.5, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training examples (count, log scale)")
+        ax.set_ylabel(f"{rows[0].get('metric_name')} on test (0-1)")
+        ax.set_title(task)
+        ax.grid(True, alpha=0.3)
+    order = [n for n in strategy_order(results) if n in handles]
+    fig.legend([handles[n] for n in order], order, loc="center right", title="strategy", fontsize=9)
+    fig.suptitle(f"{results.get('suite')}: test metric vs training-set size (same step budget)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_report(output_dir: str | Path) -> list[Path]:
+    """(Re)write results.md, results.csv and the plots from ``output_dir/results.json``."""
+    out = Path(output_dir)
+    if not (out / RESULTS_JSON).is_file():
+        raise FileNotFoundError(f"No {RESULTS_JSON} in {out}: run the suite first (peftkit bench SUITE.yaml --output {out}).")
+    results = read_results(out)
+    write_csv(out / "results.csv", results.get("rows", []))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plots = []
+        print('peftkit bench: matplotlib is not installed, so no plots: pip install "peftkit[bench]"')
+    else:
+        plots = [p for p in (
+            plot_metric_vs_params(results, out / "metric_vs_params.png"),
+            plot_bars(results, out / "peak_memory.png", "peak_memory_mb", "peak memory above idle baseline (MiB)",
+                      "peak training memory per strategy", predicted="predicted_peak_memory_mb"),
+            plot_bars(results, out / "train_time.png", "train_seconds", "train time (seconds)", "train time per strategy"),
+            plot_sweep(results, out / "sweep.png"),
+        ) if p is not None]
+    md = out / "results.md"
+    md.write_text(markdown(results, [str(p) for p in plots]))
+    return [md, out / "results.csv", *plots]
+
+
+# --------------------------------------------------------------------------- README section
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def readme_section(results: dict[str, Any], results_dir: str) -> str:
+    """"Choosing a strategy": the metric of every strategy per task, its memory and time, and
+    which to pick, all computed from results.json (nothing typed by hand)."""
+    tasks = {t: _largest_size([r for r in rows if r["strategy"] not in BASELINE_STRATEGIES]) for t, rows in task_rows(results).items()}
+    tasks = {t: rows for t, rows in tasks.items() if rows}
+    order = [n for n in strategy_order(results) if n not in BASELINE_STRATEGIES]
+    run = (results.get("runs") or [{}])[-1]
+    m = run.get("machine", {})
+    lines = [f"Measured with `{run.get('command')}` on {m.get('cpu')} ({m.get('cores')} cores); every cell of a task "
+             f"trains for the same budget. Full tables, plots and the error of every failed cell: "
+             f"[{results_dir}/results.md]({results_dir}/results.md).", "",
+             "| strategy | trainable % | " + " | ".join(tasks) + " | mean peak memory (MiB) | mean train time (s) |",
+             "|---|---:|" + "---:|" * len(tasks) + "---:|---:|"]
+    for name in order:
+        cells = [next((r for r in rows if r["strategy"] == name), None) for rows in tasks.values()]
+        ok = [r for r in cells if r and _ok(r)]
+        if not any(cells):
+            continue
+        metrics = [f"{r['metric_value']:.3f}" if r and _ok(r) else ("failed" if r else "") for r in cells]
+        percent = statistics.mean(r["trainable_percent"] for r in ok) if ok else None
+        memory = statistics.mean(r["peak_memory_mb"] for r in ok) if ok else None
+        seconds = statistics.mean(r["train_seconds"] for r in ok) if ok else None
+        lines.append(f"| {name} | {_num(percent, 3)} | " + " | ".join(metrics) + f" | {_num(memory, 0)} | {_num(seconds, 0)} |")
+    scores = {}
+    for name in order:
+        per_task = []
+        for rows in tasks.values():
+            best = max((r["metric_value"] for r in rows if _ok(r)), default=None)
+            mine = next((r["metric_value"] for r in rows if r["strategy"] == name and _ok(r)), None)
+            if best and mine is not None:
+                per_task.append(mine / best)
+        if len(per_task) == len(tasks):
+            scores[name] = statistics.mean(per_task)
+    if scores:
+        memory = {n: statistics.mean(r["peak_memory_mb"] for rows in tasks.values() for r in rows if r["strategy"] == n and _ok(r))
+                  for n in scores}
+        best = max(scores, key=scores.get)
+        close = [n for n in scores if scores[n] >= scores[best] - 0.01]
+        lean = min(close, key=memory.get)
+        lines += ["", f"- Best on average (metric / best metric per task): `{best}` ({scores[best]:.3f}).",
+                  f"- Least memory within 1% of it: `{lean}` ({memory[lean]:,.0f} MiB on average, against "
+                  f"{memory[best]:,.0f} MiB for `{best}`).",
+                  f"- Least memory of all: `{min(memory, key=memory.get)}` (score {scores[min(memory, key=memory.get)]:.3f})."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, output_dir: str | Path) -> Path:
+    """Replace the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in ``readme``."""
+    path = Path(readme)
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} markers; add them where the section goes.")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    try:
+        shown = Path(output_dir).resolve().relative_to(path.resolve().parent)
+    except ValueError:
+        shown = Path(output_dir)
+    section = readme_section(read_results(Path(output_dir)), str(shown))
+    path.write_text(f"{head}{README_START}\n{section}\n{README_END}{tail}")
+    return path
+
+
+def load(output_dir: str | Path) -> dict[str, Any]:
+    """results.json of a results directory, as a dict."""
+    return json.loads((Path(output_dir) / RESULTS_JSON).read_text())

@@ -1,0 +1,252 @@
+"""Run a suite: every cell in its own process, results kept after each cell, tables and plots at the end.
+
+- Each cell runs as ``python -m peftkit.bench.cell ...`` so its memory is measured clean.
+- A cell that fails (a refusal, an exception, a crash, a timeout) is recorded with its error
+  and the suite goes on.
+- ``results.json`` is rewritten after every cell; a re-run skips the cells already there
+  (keyed by suite / task / strategy / quantization / seed / train size). Failed cells are
+  skipped too unless ``retry_failed``.
+- At the end: ``results.csv`` (the issue's columns first, in order), ``results.md`` and the
+  PNG plots (`peftkit.bench.report`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from .cell import COLUMNS, EXTRA_COLUMNS, empty_row
+from .suite import CellKey, Suite, load_suite
+
+RESULTS_JSON = "results.json"
+
+
+def default_output_dir(suite: Suite) -> Path:
+    """``benchmarks/results/<suite>`` beside ``benchmarks/suites``, else under the working directory."""
+    if suite.path.parent.name == "suites":
+        return suite.path.parent.parent / "results" / suite.name
+    return Path("benchmarks") / "results" / suite.name
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM (and GPU when torch sees one) of this machine."""
+    cpu = platform.processor() or platform.machine()
+    ram = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+            ram = round(kb / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram, "os": f"{platform.system()} {platform.release()}"}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return out
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running, as a user would type it (with the env vars that matter)."""
+    argv = list(sys.argv if argv is None else argv)
+    head = Path(argv[0]).name if argv else "peftkit"
+    if head == "__main__.py":
+        words = ["python", "-m", "peftkit.bench", *argv[1:]]
+    elif head == "peftkit":
+        words = ["peftkit", *argv[1:]]
+    else:
+        words = ["python", *argv]
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ("HF_HUB_OFFLINE", "PEFTKIT_DATA_DIR") if os.environ.get(k)]
+    return " ".join(env + [shlex.join(words)])
+
+
+# --------------------------------------------------------------------------- results.json / csv
+
+
+def read_results(output_dir: Path) -> dict[str, Any]:
+    file = Path(output_dir) / RESULTS_JSON
+    if not file.is_file():
+        return {"rows": [], "runs": []}
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); move it away to start the suite afresh.") from err
+
+
+def write_results(output_dir: Path, results: dict[str, Any]) -> None:
+    """results.json (atomically) and results.csv."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / (RESULTS_JSON + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    os.replace(tmp, output_dir / RESULTS_JSON)
+    write_csv(output_dir / "results.csv", results["rows"])
+
+
+def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's columns, in order, then the extra ones, then anything else rows hold."""
+    columns = list(COLUMNS) + [c for c in EXTRA_COLUMNS if c not in COLUMNS]
+    for row in rows:
+        columns += [k for k in row if k not in columns and k != "traceback"]
+    return columns
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=csv_columns(rows), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def _cell_command(suite: Suite, key: CellKey, result: Path, work_dir: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "peftkit.bench.cell", "--suite", str(suite.path), "--task", key.task,
+           "--strategy", key.strategy, "--seed", str(key.seed), "--result", str(result)]
+    if key.train_size is not None:
+        cmd += ["--train-size", str(key.train_size)]
+    if work_dir is not None:
+        cmd += ["--work-dir", str(work_dir)]
+    return cmd
+
+
+def run_one(suite: Suite, key: CellKey, log_dir: Path, timeout: float | None = None, keep_dir: Path | None = None) -> dict[str, Any]:
+    """Run one cell in a subprocess; always returns a row (with ``error`` when it failed)."""
+    safe = key.id().replace("/", "__")
+    result = log_dir / f"{safe}.json"
+    log = log_dir / f"{safe}.log"
+    result.unlink(missing_ok=True)
+    work = keep_dir / safe if keep_dir else None
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    error = None
+    try:
+        with log.open("w") as out:
+            proc = subprocess.run(_cell_command(suite, key, result, work), stdout=out, stderr=subprocess.STDOUT,
+                                  env=env, timeout=timeout)
+        returncode = proc.returncode
+    except subprocess.TimeoutExpired:
+        returncode, error = None, f"Timeout: the cell ran over {timeout:g} s and was stopped (raise --cell-timeout)."
+    if result.is_file():
+        try:
+            return json.loads(result.read_text())
+        except ValueError:
+            pass
+    row = empty_row(suite, key, suite.task(key.task))
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if error is None:
+        tail = [line for line in text.splitlines() if line.strip()][-3:]
+        error = f"the cell process exited with status {returncode} without a result: {' | '.join(tail)[-600:]}"
+    row["error"] = error
+    row["traceback"] = text[-4000:]
+    return row
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def select_cells(suite: Suite, tasks: list[str] | None = None, strategies: list[str] | None = None) -> list[CellKey]:
+    """The suite's cells, optionally only some tasks / strategies (names checked)."""
+    for name in tasks or []:
+        suite.task(name)
+    for name in strategies or []:
+        if not name.startswith("baseline-"):
+            suite.strategy(name)
+    return [k for k in suite.cells() if (not tasks or k.task in tasks) and (not strategies or k.strategy in strategies)]
+
+
+def run_suite(
+    suite_path: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    tasks: list[str] | None = None,
+    strategies: list[str] | None = None,
+    retry_failed: bool = False,
+    jobs: int = 1,
+    cell_timeout: float | None = None,
+    keep_checkpoints: str | os.PathLike | None = None,
+    progress: bool = True,
+    report: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Run every cell not yet in ``output_dir/results.json``; returns the output directory.
+
+    ``jobs`` > 1 runs cells side by side (each still in its own process): memory stays
+    per-process, but cells then compete for the cores, so times are not comparable.
+    ``keep_checkpoints``: a directory where each cell's checkpoints and logs are kept.
+    """
+    from tqdm.auto import tqdm
+
+    from .cell import versions
+
+    suite = load_suite(suite_path)
+    out = Path(output_dir) if output_dir else default_output_dir(suite)
+    results = read_results(out)
+    done = {CellKey.from_row(r).id(): r for r in results.get("rows", []) if r.get("suite") == suite.name}
+    cells = select_cells(suite, tasks, strategies)
+    todo = [k for k in cells if k.id() not in done or (retry_failed and done[k.id()].get("error"))]
+    skipped = len(cells) - len(todo)
+    run = {"command": command or command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "machine": machine(), "versions": versions(), "cells_run": len(todo), "cells_skipped": skipped, "jobs": jobs}
+    results.update(suite=suite.name, suite_file=str(suite.path), description=suite.description,
+                   model=suite.model.hub_id or suite.model.path, budget=suite.budget)
+    results.setdefault("runs", []).append(run)
+    results["tasks"] = {t.name: {"task": t.task, "metric": t.metric, "hub_id": t.hub_id, "train": t.train, "test": t.test,
+                                 "budget": suite.budget_for(t), "max_length": t.max_length, "test_size": t.test_size}
+                        for t in suite.tasks}
+    results["strategies"] = [s.name for s in suite.strategies]
+    results["baselines"], results["targets"] = suite.baselines, suite.targets
+    if skipped and progress:
+        print(f"peftkit bench: {skipped} cell(s) already in {out / RESULTS_JSON}, skipped.", file=sys.stderr)
+    if suite.model.gguf_file and todo:
+        from .cell import convert_gguf
+
+        try:
+            convert_gguf(suite, suite.tasks[0].task)
+        except Exception as err:  # noqa: BLE001 - the cells then load the GGUF file and report the error
+            print(f"peftkit bench: could not convert {suite.model.gguf_file} to a plain model folder: {err}", file=sys.stderr)
+    keep = Path(keep_checkpoints) if keep_checkpoints else None
+    order = {k.id(): i for i, k in enumerate(suite.cells())}
+
+    def store(row: dict[str, Any]) -> None:
+        done[CellKey.from_row(row).id()] = row
+        results["rows"] = sorted(done.values(), key=lambda r: order.get(CellKey.from_row(r).id(), len(order)))
+        write_results(out, results)
+
+    write_results(out, {**results, "rows": sorted(done.values(), key=lambda r: order.get(CellKey.from_row(r).id(), len(order)))})
+    with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as tmp:
+        log_dir = Path(tmp)
+        bar = tqdm(total=len(todo), desc=f"bench {suite.name}", unit="cell", disable=not progress or not todo)
+        if jobs <= 1:
+            for key in todo:
+                bar.set_postfix_str(f"{key.task}/{key.strategy}" + (f"/n={key.train_size}" if key.train_size else ""))
+                store(run_one(suite, key, log_dir, cell_timeout, keep))
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(run_one, suite, key, log_dir, cell_timeout, keep) for key in todo]
+                for future in as_completed(futures):
+                    store(future.result())
+                    bar.update(1)
+        bar.close()
+    if report:
+        from .report import build_report
+
+        build_report(out)
+    return out

