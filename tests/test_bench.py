@@ -71,10 +71,12 @@ def test_quick_suite_columns_and_values(quick_dir, quick_results):
     assert float(rows["lora"]["trainable_percent"]) < 100
     for name in ("lora-4bit", "lora-8bit", "adapter-4bit", "bitfit-4bit"):
         assert rows[name]["quantization"] == name.split("-")[-1]
-    # the quantized base stores less than the float32 one, the LoRA adapter far less than the model
+    # an adapter checkpoint is smaller than the whole model
     assert float(rows["lora"]["checkpoint_mb"]) < float(rows["full"]["checkpoint_mb"])
     # the baselines train the same LoRA parameters as peftkit's cell
-    assert rows["baseline-trainer"]["trainable_params"] == rows["baseline-accelerate"]["trainable_params"]
+    assert rows["baseline-trainer"]["trainable_params"] == rows["baseline-accelerate"]["trainable_params"] \
+        == rows["lora"]["trainable_params"]
+    assert rows["baseline-trainer"]["total_params"] == rows["lora"]["total_params"]
 
 
 @pytest.mark.slow

@@ -126,6 +126,7 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ..data import label_names
+    from ..parameters import count_parameters
     from ..training import TrainConfig
 
     task = suite.task(key.task)
@@ -154,8 +155,8 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
     model = AutoModelForSequenceClassification.from_pretrained(
         path, **extra, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     model = get_peft_model(model, _lora_config(model, spec.options))
-    trainable, total = model.get_nb_trainable_parameters()
-    row.update(trainable_params=trainable, total_params=total, trainable_percent=round(100 * trainable / total, 4))
+    counts = count_parameters(model)  # counted like every other cell (the head's frozen original once)
+    row.update(trainable_params=counts.trainable, total_params=counts.total, trainable_percent=round(counts.percent, 4))
 
     train = _train_with_trainer if key.strategy == "baseline-trainer" else _train_with_accelerate
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -139,19 +139,17 @@ class Suite:
         return {**self.budget, **task.budget}
 
     def cells(self) -> list[CellKey]:
-        """Every cell of the suite, baselines last, in a stable order."""
-        keys = [
-            CellKey(self.name, t.name, s.name, s.quantization, seed, size)
-            for t in self.tasks
-            for size in t.train_sizes
-            for s in self.strategies
-            for seed in self.seeds
-        ]
-        if self.baselines:
-            task = self.task(self.baselines["task"])
-            for name in BASELINE_STRATEGIES:
-                for seed in self.seeds:
-                    keys.append(CellKey(self.name, task.name, name, None, seed, task.train_sizes[0]))
+        """Every cell of the suite in a stable order; the baselines right after the cell they
+        re-train, so that they run under the same conditions as it."""
+        keys = []
+        for t in self.tasks:
+            for size in t.train_sizes:
+                for s in self.strategies:
+                    for seed in self.seeds:
+                        keys.append(CellKey(self.name, t.name, s.name, s.quantization, seed, size))
+                        if self.baselines and (t.name, s.name) == (self.baselines["task"], self.baselines["strategy"]) \
+                                and size == t.train_sizes[0]:
+                            keys += [CellKey(self.name, t.name, b, None, seed, size) for b in BASELINE_STRATEGIES]
         return keys
 
 
@@ -189,7 +187,8 @@ def expand_env(text: str, where: str = "") -> str:
             return value
         if default is not None:
             return default
-        raise SuiteError(f"{where}: the environment variable {name} is not set. Set it (export {name}=...) and run again.")
+        raise SuiteError(f"{where}: the environment variable {name} is not set. Set it (export {name}=...) and run "
+                         "again; the suite file's first lines give the full command that runs it.")
 
     return _ENV.sub(sub, text)
 
