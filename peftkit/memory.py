@@ -28,13 +28,16 @@ and adds up, per row:
   the forward pass's freed temporaries that glibc's allocator keeps resident (measured per
   token and block, `CPU_TEMPORARIES_HIDDEN` and friends); on CUDA, the backward's largest
   gradients. Language-model heads add float32 log-probabilities over the vocabulary.
-- **overhead**: a measured constant per device for what the framework itself adds when
-  training starts (oneDNN/MKL scratch, the data pipeline, Accelerate). See `CPU_OVERHEAD_BYTES`.
+- **overhead**: what a real training run holds beyond those, fitted per device: on the CPU the
+  allocator's retained blocks after hundreds of steps over batches of varying length, the
+  tokenized data, the runtime (`CPU_OVERHEAD_BYTES`), plus, for a quantized base, part of the
+  float weights read while loading it (`KBIT_RETAINED`).
 
-The CPU constants were set from measurements of the packaged MiniLM (peak RSS of a fresh
-process above its idle baseline, `benchmarks/calibrate_memory.py`); held-out cells are within
-~6% (benchmarks/results/planner_calibration.json). Llama-style (gated MLP) temporaries use the
-same constants and are not yet measured; the CUDA constants are estimates.
+The per-token CPU temporaries were measured on fixed-length batches of the packaged MiniLM;
+the overhead terms were fitted on the `calibration` benchmark suite (real data, 200 steps,
+`benchmarks/calibrate_memory.py --fit`), and the other suites' cells (other tasks, batch
+sizes, lengths, another model) are the held-out check: `benchmarks/results/*/results.md`,
+section "Planner". The CUDA constants are estimates until a GPU suite is committed.
 
 ``predicted_peak = weights + gradients + optimizer_states + activations + overhead``.
 
@@ -67,15 +70,25 @@ QUANTIZATIONS = (None, "8bit", "4bit")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
 DEVICES = ("cpu", "cuda")
 
-# Framework overhead per device, in bytes. CPU: the median over the calibration cells of
-# (measured peak RSS above the idle baseline) - (weights + gradients + optimizer states +
-# activations) for the packaged MiniLM trained with `peftkit.train`; re-derive it with
-# `python benchmarks/calibrate_memory.py --fit-overhead` (results in
-# benchmarks/results/planner_calibration.json). CUDA: the benchmark suite records
-# torch.cuda.max_memory_allocated, which excludes the CUDA context; what remains is cuBLAS
-# workspaces and allocator rounding, an estimate until a GPU calibration is committed.
-CPU_OVERHEAD_BYTES = 37 * 2**20
+# Framework overhead per device, in bytes. CPU: what a real training run (hundreds of steps over
+# batches of varying length, then evaluation and saving: a benchmark cell) holds resident beyond
+# weights + gradients + optimizer states + activations: the allocator's retained blocks, the
+# tokenized data, the runtime. Fitted as the median residual of the unquantized cells of the
+# `calibration` suite (benchmarks/suites/calibration.yaml, run with `peftkit bench`), by
+# `python benchmarks/calibrate_memory.py --fit benchmarks/results/calibration`.
+# CUDA: the benchmark suite records torch.cuda.max_memory_allocated, which excludes the CUDA
+# context; what remains is cuBLAS workspaces and allocator rounding, an estimate until a GPU
+# calibration is committed.
+CPU_OVERHEAD_BYTES = 128_448_580  # 122.5 MiB
 CUDA_OVERHEAD_BYTES = 64 * 2**20
+# A quantized base on the CPU keeps more resident than its packed weights: bitsandbytes' CPU
+# kernels and buffers, and part of the float weights read while loading (the allocator keeps what
+# was freed). Per quantization: (bytes, share of the float32 bytes of the quantized layers),
+# fitted on the quantized cells of the calibration suites (two model sizes).
+KBIT_RETAINED = {"8bit": (16_400_941, 0.886), "4bit": (80_337_682, 1.099)}
+# Gated-MLP (Llama-style) blocks: the share of the per-token temporaries below that stays resident
+# in a real run, fitted on the Llama-style calibration cells (calibration_llm suite).
+CPU_GATED_TEMPORARIES_SCALE = 0.45
 OVERHEAD_BYTES = {"cpu": CPU_OVERHEAD_BYTES, "cuda": CUDA_OVERHEAD_BYTES}
 
 # Allocator behaviour measured on the CPU (benchmarks/calibrate_memory.py), per token and block:
@@ -86,6 +99,11 @@ CPU_TEMPORARIES_HIDDEN = 8
 LORA_TEMPORARIES = 2.5
 KBIT_TEMPORARIES = 0.5
 KBIT_BIAS_TEMPORARIES = 0.5
+# DoRA (PEFT's DoraLinearLayer): per adapted layer and token, the base output and the LoRA output
+# are saved for the backward (both are multiplied by the trainable magnitude), and their scaled
+# copies and sum are forward temporaries.
+DORA_SAVED = 2
+DORA_TEMPORARIES = 1
 
 # Order used to recommend a strategy when no benchmark results are shipped: LoRA matches full
 # fine-tuning at a fraction of the memory (Hu et al. 2021), adapters and IA3 come next, BitFit
@@ -312,6 +330,7 @@ class _Structure:
     virtual_tokens: int = 0
     prefix_tokens: int = 0
     lm_head: bool = False  # the loss is over the vocabulary (causal / seq2seq LMs)
+    quantized_values: int = 0  # weights held by bitsandbytes layers (values, not bytes)
 
 
 def _int(config, *names, default=0) -> int:
@@ -414,6 +433,11 @@ def read_structure(model: nn.Module, config, task: str, quantization: str | None
                 dropout = any(not isinstance(d, nn.Identity) for d in sub.lora_dropout.values())
                 extra += io[0] * (2 if dropout else 1) + 2 * r  # dropout mask + dropped input, A's output
                 transient += LORA_TEMPORARIES * io[1]
+                if any(getattr(sub, "use_dora", {}).values()):
+                    # DoRA scales the base output and the LoRA output by the magnitude over the
+                    # weight norm: both outputs are kept for the backward, plus their products
+                    extra += DORA_SAVED * io[1]
+                    transient += DORA_TEMPORARIES * io[1]
             elif isinstance(sub, IA3Layer):
                 extra += io[0] if sub.is_feedforward else io[1]  # the scaled tensor
             elif isinstance(sub, BottleneckAdapter):
@@ -437,6 +461,7 @@ def read_structure(model: nn.Module, config, task: str, quantization: str | None
         trained_inputs += sum(block_inputs.values())
         if first is None and (trains_attn or trains_ffn):
             first = index + (0.5 if trains_ffn and not trains_attn else 0.0)
+    s.quantized_values = sum(io[0] * io[1] for _, m in base.named_modules() if _bnb_kind(m) and (io := _linear_io(m)))
     s.trained_linear_inputs = trained_inputs / max(1, s.blocks)
     s.strategy_extra = extra / max(1, s.blocks)
     s.transient_extra = transient / max(1, s.blocks)
@@ -568,7 +593,7 @@ def activation_bytes(s: _Structure, batch: int, seq: int, device: str, act_size:
         # CPU_TEMPORARIES_HIDDEN hidden-sized + one (gated: two) intermediate-sized values per
         # token and block, plus the strategy's own (LoRA outputs, 4-bit input copies).
         per_token = CPU_TEMPORARIES_HIDDEN * h + (2 if s.gated else 1) * i + s.transient_extra
-        temporaries = tokens * n * per_token * act_size
+        temporaries = tokens * n * per_token * act_size * (CPU_GATED_TEMPORARIES_SCALE if s.gated else 1.0)
     else:  # the caching allocator reuses blocks: the backward's largest gradients, twice
         temporaries = 2 * max(scores * act_size if math_attention else 0, tokens * i * act_size, tokens * h * act_size)
     if s.lm_head and s.vocab:  # language models keep float32 log-probabilities over the vocabulary
@@ -747,6 +772,9 @@ def _price(plan: Plan, profile: _Profile) -> None:
                                           plan.gradient_checkpointing)
     row.activations = saved + temporaries
     row.overhead = OVERHEAD_BYTES[plan.device]
+    if plan.device == "cpu" and row.quantization:
+        constant, share = KBIT_RETAINED[row.quantization]
+        row.overhead += int(constant + share * 4 * profile.structure.quantized_values)
     row.predicted_peak = row.weights + row.gradients + row.optimizer_states + row.activations + row.overhead
     row.fits = None if plan.budget is None else row.predicted_peak <= plan.budget
 
@@ -907,8 +935,9 @@ def benchmark_scores(task: str, results_dir: str | os.PathLike | None = None) ->
     rows, or ``{"rows": [...]}``) with fields ``task``, ``strategy`` (``base_strategy`` when the
     suite names variants such as "lora-dora"), ``quantization`` and ``metric_value`` (higher is
     better: accuracy, F1, exact match). A group is one suite, task and training-set size; a
-    strategy's variants count by their best. Rows with an error, baselines and rows of other
-    task types (``task_type``) are left out, unless no row matches ``task``.
+    strategy's variants count by their best. Rows with an error, baselines, untrained rows, the
+    planner's calibration suites (``calibration*``: scored on their training data) and rows of
+    other task types (``task_type``) are left out, unless no row matches ``task``.
     """
     root = Path(results_dir) if results_dir else default_results_dir()
     files = sorted(root.glob("**/results.json")) if root.is_dir() else []
@@ -922,8 +951,8 @@ def benchmark_scores(task: str, results_dir: str | os.PathLike | None = None) ->
             value, name = r.get("metric_value"), r.get("base_strategy") or r.get("strategy")
             if r.get("error") or not isinstance(value, (int, float)) or not math.isfinite(value) or not name:
                 continue
-            if str(name).startswith("baseline"):
-                continue
+            if str(name).startswith("baseline") or name == "none" or str(r.get("suite", "")).startswith("calibration"):
+                continue  # baselines, untrained rows and the planner's calibration cells rank nothing
             quant = r.get("quantization") or None
             rows.append({**r, "_name": name, "_quant": None if quant in ("none", "None") else quant, "_file": str(path)})
     typed = [r for r in rows if (r.get("task_type") or r.get("task")) == task]

@@ -69,9 +69,31 @@ def write_results(folder: Path, rows: list[dict]) -> Path:
     return folder
 
 
-def measure_cell(strategy: str, quantization: str | None, batch_size: int, seq_len: int, steps: int = 2) -> dict:
-    """Peak RSS above baseline of a fresh process training the MiniLM cell (benchmarks/calibrate_memory.py)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from calibrate_memory import measure_in_subprocess
+def measure_cell(tmp_path: Path, strategy: str, batch_size: int, max_length: int, steps: int) -> dict:
+    """A benchmark cell (`python -m peftkit.bench.cell`, a fresh process) training the packaged MiniLM
+    on SST-2's train.tsv (from $PEFTKIT_DATA_DIR) for ``steps`` steps; returns its result row."""
+    import subprocess
 
-    return measure_in_subprocess(strategy, quantization, batch_size, seq_len, steps=steps)
+    from peftkit.data import default_data_dir
+
+    data = default_data_dir()
+    if data is None or not (data / "sst2" / "train.tsv").is_file():
+        pytest.skip("needs SST-2 under PEFTKIT_DATA_DIR (default ../shared/data)")
+    suite = tmp_path / "planner.yaml"
+    suite.write_text(json.dumps({
+        "name": "planner-test", "model": {"path": str(minilm())}, "data_dir": str(data), "device": "cpu",
+        "budget": {"max_steps": steps, "batch_size": batch_size, "eval_batch_size": 64},
+        "tasks": [{"name": "sst2", "task": "classification", "train": "sst2/train.tsv", "test": "sst2/test.tsv",
+                   "test_size": 128, "train_size": steps * batch_size, "metric": "accuracy", "max_length": max_length,
+                   "columns": {"text_column": "sentence", "label_column": "label"}}],
+        "strategies": [{"name": strategy, "strategy": strategy}],
+    }))
+    result = tmp_path / "row.json"
+    proc = subprocess.run([sys.executable, "-m", "peftkit.bench.cell", "--suite", str(suite), "--task", "sst2",
+                           "--strategy", strategy, "--train-size", str(steps * batch_size), "--result", str(result)],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    row = json.loads(result.read_text()) if result.exists() else {}
+    if proc.returncode != 0 or row.get("status") != "ok":
+        raise RuntimeError(f"the benchmark cell failed: {row.get('error')}\n{proc.stderr[-3000:]}")
+    return row

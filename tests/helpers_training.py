@@ -133,10 +133,10 @@ def worker(argv=None) -> None:
     p.add_argument("--delay", type=float, default=0.0)
     args = p.parse_args(argv)
 
-    from peftkit.tasks import get_task
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import peftkit
+    from peftkit.tasks import get_task
     from peftkit.training import TrainConfig, train
 
     model = AutoModelForSequenceClassification.from_pretrained(args.model)

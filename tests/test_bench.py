@@ -60,6 +60,11 @@ def test_quick_suite_columns_and_values(quick_dir, quick_results):
         if name == "prefix":
             continue
         assert r["error"] == "", f"{name} failed: {r['error']}"
+        if name == "untrained":  # the model as loaded: scored, nothing trained or saved
+            assert int(r["trainable_params"]) == 0 and float(r["trainable_percent"]) == 0
+            assert 0 <= float(r["metric_value"]) <= 1 and float(r["peak_memory_mb"]) > 0
+            assert float(r["checkpoint_mb"]) == 0 and float(r["train_seconds"]) == 0
+            continue
         assert 0 < float(r["trainable_percent"]) <= 100
         assert int(r["trainable_params"]) > 0 and int(r["total_params"]) >= int(r["trainable_params"])
         assert float(r["peak_memory_mb"]) > 0
@@ -92,7 +97,7 @@ def test_failed_cell_carries_its_error(quick_results):
 @pytest.mark.slow
 def test_planner_prediction_is_recorded(quick_results):
     pytest.importorskip("peftkit.memory")
-    rows = [r for r in _rows(quick_results) if not r["error"] and r["strategy"] not in BASELINE_STRATEGIES]
+    rows = [r for r in _rows(quick_results) if not r["error"] and r["strategy"] not in (*BASELINE_STRATEGIES, "untrained")]
     assert rows and all(float(r["predicted_peak_memory_mb"]) > 0 for r in rows), [r["prediction_note"] for r in rows]
 
 
@@ -248,7 +253,7 @@ def test_cli_handler_errors_and_listing(tmp_path, quick_dir, capsys):
         run_bench(parser.parse_args(["--report", str(tmp_path)]))
     assert run_bench(parser.parse_args([str(QUICK_SUITE), "--list", "--output", str(tmp_path / "none")])) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 15 and all(line.startswith("todo") for line in listed)
+    assert len(listed) == 16 and all(line.startswith("todo") for line in listed)
 
 
 @pytest.mark.slow
@@ -259,3 +264,57 @@ def test_metric_values_are_finite_in_results_json(quick_results):
         if not row["error"]:
             assert math.isfinite(row["metric_value"])
 
+
+
+def test_repredict_recomputes_from_settings_not_measurements(quick_results, tmp_path):
+    """--repredict: the planner's value comes back from the cell's settings; the old one is kept."""
+    import shutil
+
+    from peftkit.bench.runner import read_results, repredict
+
+    out = tmp_path / "results"
+    shutil.copytree(quick_results, out)
+    results = read_results(out)
+    lora = next(r for r in results["rows"] if r["strategy"] == "lora")
+    planned = lora["predicted_peak_memory_mb"]
+    assert planned > 0
+    lora["predicted_peak_memory_mb"], lora["peak_memory_mb"] = 1.0, 12345.0  # neither may leak into the prediction
+    (out / "results.json").write_text(json.dumps(results))
+    repredict(out)
+    again = read_results(out)
+    lora = next(r for r in again["rows"] if r["strategy"] == "lora")
+    assert lora["predicted_peak_memory_mb"] == planned and lora["previous_predicted_peak_memory_mb"] == 1.0
+    assert again["predictions"]["date"]
+    untrained = next(r for r in again["rows"] if r["strategy"] == "untrained")
+    assert untrained["predicted_peak_memory_mb"] is None  # nothing trains: nothing to predict
+
+
+def test_readme_section_between_suite_markers(quick_results, tmp_path):
+    from peftkit.bench.report import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:quick:start -->\nold\n<!-- bench:quick:end -->\ntail\n")
+    update_readme(readme, quick_results)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "| lora |" in text and "results.md" in text
+    other = tmp_path / "OTHER.md"
+    other.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="bench:quick:start"):
+        update_readme(other, quick_results)
+
+
+@pytest.mark.parametrize("suite", ["main", "llm", "sweep"])
+def test_readme_benchmark_sections_are_current(suite):
+    """README's "Choosing a strategy" tables are what the committed results generate now."""
+    from peftkit.bench.report import readme_markers, readme_section
+    from peftkit.bench.runner import read_results
+
+    folder = ROOT / "benchmarks" / "results" / suite
+    if not (folder / "results.json").is_file():
+        pytest.skip(f"no committed results for the {suite} suite")
+    start, end = readme_markers(suite)
+    text = (ROOT / "README.md").read_text()
+    assert start in text and end in text, f"README.md lacks the {suite} markers"
+    shown = text.split(start, 1)[1].split(end, 1)[0].strip()
+    expected = readme_section(read_results(folder), f"benchmarks/results/{suite}").strip()
+    assert shown == expected, f"run: peftkit bench --report benchmarks/results/{suite} --readme README.md"

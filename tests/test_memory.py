@@ -179,6 +179,10 @@ def test_recommend_best_measured_that_fits(tmp_path):
         {**main, "strategy": "lora-dora", "base_strategy": "lora", "quantization": "", "metric_value": 0.89},
         {**main, "strategy": "full", "base_strategy": "full", "quantization": "", "metric_value": 0.95},
         {**main, "strategy": "baseline-trainer", "quantization": "", "metric_value": 0.99},
+        {**main, "strategy": "untrained", "base_strategy": "none", "quantization": "", "metric_value": 0.5},
+        # the planner's calibration cells are scored on their own training data: they rank nothing
+        {**main, "suite": "calibration", "strategy": "bitfit", "base_strategy": "bitfit", "quantization": "",
+         "metric_value": 1.0},
         {**main, "strategy": "prefix", "base_strategy": "prefix", "quantization": "", "metric_value": None,
          "error": "refused"},
         # another task type: left out of a classification plan
@@ -190,6 +194,7 @@ def test_recommend_best_measured_that_fits(tmp_path):
     scores, files = benchmark_scores("classification", results)
     assert scores[("full", None)] == 1.0 and scores[("lora", None)] == pytest.approx(0.89 / 0.95)
     assert ("baseline-trainer", None) not in scores and ("prefix", None) not in scores and len(files) == 1
+    assert ("none", None) not in scores and scores[("bitfit", None)] == pytest.approx(0.91 / 0.95)
     small = plan(str(minilm()), batch_size=32, seq_len=64, quantization=[None], results_dir=results,
                  strategies=["full", "lora", "bitfit"])
     budget = (small.row("full").predicted_peak + small.row("bitfit").predicted_peak) // 2  # full does not fit
@@ -279,11 +284,14 @@ def test_add_plan_parser_registers_subcommand(capsys, tmp_path):
 # --------------------------------------------------------------------------- the proof
 
 
-def test_prediction_matches_a_measured_lora_cell():
-    """Predict the MiniLM LoRA cell, train it in a fresh process, compare peaks (target: within 25%)."""
-    batch, seq = 16, 96  # a cell the CPU constants were not calibrated on (those used batch 32, seq 64/128)
-    predicted = plan(str(minilm()), batch_size=batch, seq_len=seq, strategies=["lora"], quantization=[None],
+def test_prediction_matches_a_measured_lora_cell(tmp_path):
+    """Predict the MiniLM LoRA cell, train it in a fresh process (a benchmark cell), compare peaks.
+
+    Issue 6's bound for the worst cell: within 25%. The cell differs from the calibration suite's
+    (SST-2 train.tsv, not dev.tsv; batch 24, max length 96, 120 steps)."""
+    row = measure_cell(tmp_path, "lora", batch_size=24, max_length=96, steps=120)
+    predicted = plan(str(minilm()), batch_size=24, seq_len=row["seq_len"], strategies=["lora"], quantization=[None],
                      num_labels=2).row("lora").predicted_peak
-    measured = measure_cell("lora", None, batch, seq)["peak_bytes"]
+    measured = row["peak_memory_mb"] * 2**20
     error = abs(predicted - measured) / measured
     assert error <= 0.25, f"predicted {format_bytes(predicted)}, measured {format_bytes(measured)} ({error:.0%} off)"

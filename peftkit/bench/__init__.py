@@ -28,8 +28,10 @@ def setup_bench_parser(p: argparse.ArgumentParser):
     """Add the ``bench`` arguments to ``p``; returns the handler, `run_bench`."""
     p.add_argument("suite", nargs="?", help="a suite file, e.g. benchmarks/suites/main.yaml")
     p.add_argument("--report", metavar="DIR", help="rebuild results.md, results.csv and the plots from DIR/results.json")
-    p.add_argument("--readme", metavar="FILE", help="with --report: rewrite the section between <!-- bench:start --> and "
-                   "<!-- bench:end --> in FILE (e.g. README.md) from the results")
+    p.add_argument("--readme", metavar="FILE", help="with --report: rewrite the section between <!-- bench:SUITE:start --> and "
+                   "<!-- bench:SUITE:end --> in FILE (e.g. README.md) from the results (SUITE: the suite's name)")
+    p.add_argument("--repredict", action="store_true", help="with --report: recompute the planner's predictions from each "
+                   "cell's settings (not its measurement) before rebuilding the report")
     p.add_argument("--output", metavar="DIR", help="results folder (default: benchmarks/results/<suite name>)")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="run only these tasks of the suite")
     p.add_argument("--strategies", nargs="+", metavar="NAME", help="run only these strategies (suite names, or baseline-trainer / baseline-accelerate)")
@@ -56,6 +58,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.report:
         if args.suite:
             raise ValueError("Give a suite to run or --report DIR to rebuild a report, not both.")
+        if args.repredict:
+            from .runner import repredict
+
+            repredict(args.report)
         for path in build_report(args.report):
             print(path)
         if args.readme:
@@ -63,8 +69,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
             print(update_readme(args.readme, args.report))
         return 0
-    if args.readme:
-        raise ValueError("--readme goes with --report DIR (it is generated from a results folder).")
+    if args.readme or args.repredict:
+        raise ValueError("--readme and --repredict go with --report DIR (they work on a results folder).")
     if not args.suite:
         raise ValueError("Name a suite file (e.g. peftkit bench benchmarks/suites/quick.yaml) or pass --report DIR.")
     if args.jobs < 1:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .measure import MemoryProbe, directory_mb
-from .suite import BASELINE_STRATEGIES, CellKey, StrategySpec, Suite, TaskSpec, load_suite
+from .suite import BASELINE_STRATEGIES, UNTRAINED, CellKey, StrategySpec, Suite, TaskSpec, load_suite
 
 # The columns of results.csv, in this order (issue 5); extra columns follow them.
 COLUMNS = (
@@ -198,6 +198,21 @@ def evaluate_test(model, tokenizer, task_obj, test, task: TaskSpec, batch_size: 
     return evaluate(model, loader, task_obj, Accelerator(cpu=device == "cpu"))
 
 
+def score_and_save(model, tokenizer, task_obj, test, task: TaskSpec, budget: dict[str, Any], device: str,
+                   row: dict[str, Any], adapter_dir: Path | None) -> None:
+    """Fill ``row`` with the test metrics (and their timing), then the checkpoint's size on disk
+    when ``adapter_dir`` is given."""
+    import peftkit
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    eval_batch = budget.get("eval_batch_size") or budget.get("batch_size", 16)
+    metrics = evaluate_test(model, tokenizer, task_obj, test, task, eval_batch, device)
+    row.update(eval_seconds=round(time.perf_counter() - start, 2), eval_cpu_seconds=round(time.process_time() - cpu_start, 2),
+               metrics=json.dumps(metrics, sort_keys=True), metric_value=round(float(metrics[task.metric]), 6))
+    if adapter_dir is not None:
+        row["checkpoint_mb"] = directory_mb(peftkit.save(model, adapter_dir))
+
+
 def longest_input(task_obj, tokenizer, train, max_length: int) -> int:
     """The padded length of the longest training batch: the longest tokenized example."""
     from datasets import DatasetDict
@@ -247,8 +262,9 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     spec = suite.strategy(key.strategy)
     device = resolve_device(suite)
     budget = suite.budget_for(task)
+    untrained = spec.strategy == UNTRAINED
     row.update(device=device_label(device), base_strategy=spec.strategy, options=json.dumps(spec.options, sort_keys=True),
-               lr=spec.lr or peftkit.default_learning_rate(spec.strategy))
+               lr=None if untrained else spec.lr or peftkit.default_learning_rate(spec.strategy))
     torch.manual_seed(key.seed)
     data = load_task_data(task, key.train_size, key.seed)
     row.update(train_samples=len(data["train"]), eval_samples=len(data["test"]))
@@ -259,11 +275,19 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     probe.start()
     model_path, extra = model_source(suite)
     model, tokenizer = peftkit.load_model(model_path, task=task.task, labels=labels, quantization=spec.quantization, **extra)
+    task_obj = get_task(task.task)
+    if untrained:  # the "before" row: the model as loaded, scored like every other cell
+        model.requires_grad_(False)
+        counts = peftkit.count_parameters(model)
+        row.update(trainable_params=0, total_params=counts.total, trainable_percent=0.0, train_seconds=0.0,
+                   max_steps=0, checkpoint_mb=0.0)
+        score_and_save(model, tokenizer, task_obj, data["test"], task, suite.budget_for(task), device, row, None)
+        row.update(probe.stop(), status="ok", prediction_note="no training: nothing to predict")
+        return row
     model = peftkit.wrap(model, spec.strategy, **spec.options)
     counts = peftkit.count_parameters(model)
     row.update(trainable_params=counts.trainable, total_params=counts.total, trainable_percent=round(counts.percent, 4))
 
-    task_obj = get_task(task.task)
     config = peftkit.TrainConfig(
         **{"log_every": 10, "save_total_limit": 1, **budget},
         output_dir=str(work_dir / "train"), seed=key.seed, lr=spec.lr, max_length=task.max_length,
@@ -282,15 +306,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
         samples = len(data["train"]) * config.epochs
     row.update(train_seconds=round(seconds, 2), samples_per_second=round(samples / seconds, 2), max_steps=steps)
 
-    start, cpu_start = time.perf_counter(), time.process_time()
-    eval_batch = config.eval_batch_size or config.batch_size
-    metrics = evaluate_test(model, tokenizer, task_obj, data["test"], task, eval_batch, device)
-    row.update(eval_seconds=round(time.perf_counter() - start, 2), eval_cpu_seconds=round(time.process_time() - cpu_start, 2),
-               metrics=json.dumps(metrics, sort_keys=True))
-    row["metric_value"] = round(float(metrics[task.metric]), 6)
-
-    adapter = peftkit.save(model, work_dir / "adapter")
-    row["checkpoint_mb"] = directory_mb(adapter)
+    score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
     row.update(probe.stop())
 
     seq_len = longest_input(task_obj, tokenizer, data["train"], task.max_length)

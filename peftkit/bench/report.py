@@ -169,10 +169,13 @@ def _task_table(rows: list[dict[str, Any]], metric: str, notes: dict[tuple[str, 
         "quantization", "trainable params", "trainable %", "peak memory (MiB)", "predicted peak (MiB)",
         "train time (s)", "samples/s", "checkpoint (MiB)", metric, "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head) - 1)) + "|---|"]
+    dates = {str(r.get("run_date", ""))[:10] for r in rows}
     for r in rows:
         note = notes.get((r["task"], r["strategy"]), "")
         if r.get("error"):
             note = f"failed: {_short(r['error'])}"
+        if len(dates) > 1:  # cells of one table measured in different runs: say which
+            note = "; ".join(x for x in (note, f"run {r.get('run_date', '')[:10] or 'first'}") if x)
         cells = [r["strategy"]] + ([_num(r.get("train_size"), thousands=True)] if sweep else []) + (
             [str(r.get("seed"))] if seeds else []) + [
             r.get("quantization") or "none", _num(r.get("trainable_params"), thousands=True),
@@ -277,7 +280,17 @@ def _planner_section(results: dict[str, Any]) -> list[str]:
     return ["## Planner", "",
             f"`peftkit.plan` against the measured peaks: median absolute error {100 * statistics.median(absolute):.1f}% "
             f"over {len(errors)} cells, worst {100 * worst:+.1f}% ({worst_row['task']}/{worst_row['strategy']}); "
-            "targets: median at most 15%, worst at most 25%.", ""]
+            "targets: median at most 15%, worst at most 25%.", *_prediction_provenance(results), ""]
+
+
+def _prediction_provenance(results: dict[str, Any]) -> list[str]:
+    """Where predictions were recomputed after the cells ran (``peftkit bench --report DIR --repredict``)."""
+    made = results.get("predictions")
+    if not made:
+        return []
+    return ["", f"Predictions recomputed from each cell's settings (not its measurement) on {made['date']} with "
+                f"peftkit {made.get('peftkit')}: `{made['command']}`. The planner's CPU constants were fitted on "
+                "the `calibration` suite (benchmarks/results/calibration), not on these cells."]
 
 
 # --------------------------------------------------------------------------- plots
@@ -314,6 +327,9 @@ def plot_metric_vs_params(results: dict[str, Any], path: Path) -> Path | None:
             marker, colour = style[r["strategy"]]
             handles[r["strategy"]] = ax.scatter(r["trainable_params"], r["metric_value"], marker=marker, color=colour,
                                                 s=70, edgecolors="black", linewidths=0.5, label=r["strategy"], zorder=3)
+        untrained = [r for r in task_rows(results)[task] if _ok(r) and r.get("base_strategy") == "none"]
+        for r in untrained:  # the model before training: a level to read the others against
+            handles[r["strategy"]] = ax.axhline(r["metric_value"], color="grey", linestyle="--", label=r["strategy"])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("trainable parameters (count, log scale)")
@@ -429,7 +445,9 @@ def build_report(output_dir: str | Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- README section
 
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+def readme_markers(suite: str) -> tuple[str, str]:
+    """The comments around a suite's generated section in a README."""
+    return f"<!-- bench:{suite}:start -->", f"<!-- bench:{suite}:end -->"
 
 
 def readme_section(results: dict[str, Any], results_dir: str) -> str:
@@ -455,8 +473,12 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
         memory = statistics.mean(r["peak_memory_mb"] for r in ok) if ok else None
         seconds = statistics.mean(r["train_seconds"] for r in ok) if ok else None
         lines.append(f"| {name} | {_num(percent, 3)} | " + " | ".join(metrics) + f" | {_num(memory, 0)} | {_num(seconds, 0)} |")
+    for task, rows in task_rows(results).items():
+        if len(_sizes(rows)) > 1:  # a data-size sweep: the metric at every size
+            lines += ["", f"{task}: "] + _sweep_table(rows, rows[0].get("metric_name"), order)
+    untrained = {r["strategy"] for rows in tasks.values() for r in rows if r.get("base_strategy") == "none"}
     scores = {}
-    for name in order:
+    for name in [n for n in order if n not in untrained]:
         per_task = []
         for rows in tasks.values():
             best = max((r["metric_value"] for r in rows if _ok(r)), default=None)
@@ -479,19 +501,22 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
 
 
 def update_readme(readme: str | Path, output_dir: str | Path) -> Path:
-    """Replace the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in ``readme``."""
+    """Replace the text between ``<!-- bench:SUITE:start -->`` and ``<!-- bench:SUITE:end -->`` in
+    ``readme`` with the section generated from ``output_dir/results.json`` (SUITE: its suite name)."""
     path = Path(readme)
     text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path} has no {README_START} ... {README_END} markers; add them where the section goes.")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
+    results = read_results(Path(output_dir))
+    start, end = readme_markers(results.get("suite", ""))
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers; add them where the section goes.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     try:
         shown = Path(output_dir).resolve().relative_to(path.resolve().parent)
     except ValueError:
         shown = Path(output_dir)
-    section = readme_section(read_results(Path(output_dir)), str(shown))
-    path.write_text(f"{head}{README_START}\n{section}\n{README_END}{tail}")
+    section = readme_section(results, str(shown))
+    path.write_text(f"{head}{start}\n{section}\n{end}{tail}")
     return path
 
 

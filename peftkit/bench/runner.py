@@ -225,6 +225,7 @@ def run_suite(
     order = {k.id(): i for i, k in enumerate(suite.cells())}
 
     def store(row: dict[str, Any]) -> None:
+        row.setdefault("run_date", run["date"])  # which run measured it (a suite can be filled over several)
         done[CellKey.from_row(row).id()] = row
         results["rows"] = sorted(done.values(), key=lambda r: order.get(CellKey.from_row(r).id(), len(order)))
         write_results(out, results)
@@ -250,3 +251,44 @@ def run_suite(
 
         build_report(out)
     return out
+
+
+def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Recompute the planner's prediction for every measured cell of ``output_dir/results.json``.
+
+    A prediction reads only the cell's settings (model, task, strategy, quantization, batch size,
+    longest training sequence, number of labels), never its measurement, so a planner improved
+    after a suite ran can be scored on that suite's measurements without training again. The
+    rows keep the old value as ``previous_predicted_peak_memory_mb``; results.json records when
+    and with which planner the predictions were made. Returns the updated results.
+    """
+    from ..data import label_names
+    from .cell import load_task_data, model_source, predicted_peak_mb, resolve_device
+
+    out = Path(output_dir)
+    results = read_results(out)
+    if not results.get("rows"):
+        raise ValueError(f"{out / RESULTS_JSON} has no rows to predict.")
+    suite = load_suite(suite_path or results["suite_file"])
+    model_path, _ = model_source(suite)
+    device = resolve_device(suite)
+    labels: dict[tuple[str, int | None], int | None] = {}
+    for row in results["rows"]:
+        if row.get("status") != "ok" or not row.get("seq_len") or row["strategy"] not in {s.name for s in suite.strategies}:
+            continue
+        task = suite.task(row["task"])
+        spec = suite.strategy(row["strategy"])
+        size_key = (task.name, row.get("train_size"))
+        if size_key not in labels:
+            names = label_names(load_task_data(task, row.get("train_size"), row.get("seed") or 0), task.task)
+            labels[size_key] = len(names) if names else None
+        predicted, note = predicted_peak_mb(model_path, task.task, spec, int(row["batch_size"]), int(row["seq_len"]), device,
+                                            num_labels=labels[size_key])
+        row.setdefault("previous_predicted_peak_memory_mb", row.get("predicted_peak_memory_mb"))
+        row.update(predicted_peak_memory_mb=predicted, prediction_note=note or "re-predicted from the cell's settings")
+    from .cell import versions
+
+    results["predictions"] = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                              "command": command_line(), "peftkit": versions().get("peftkit")}
+    write_results(out, results)
+    return results

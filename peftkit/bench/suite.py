@@ -53,6 +53,8 @@ METRICS = {
 QUANTIZATIONS = (None, "8bit", "4bit")
 DEVICES = ("cpu", "cuda", "auto")
 BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
+# A cell that trains nothing: the model as loaded, scored on the test split (the "before" row).
+UNTRAINED = "none"
 
 _TOP_KEYS = {"name", "description", "model", "data_dir", "device", "seeds", "budget", "tasks", "strategies",
              "baselines", "targets"}
@@ -319,16 +321,18 @@ def _parse_strategy(raw: Any, where: str) -> StrategySpec:
     _typed(raw, where, dict)
     _check_keys(raw, _STRATEGY_KEYS, where)
     strategy = _require(raw, "strategy", where)
-    if strategy not in STRATEGIES:
-        raise SuiteError(f"{where}.strategy: unknown strategy {strategy!r}. Valid strategies: {', '.join(STRATEGIES)}.")
+    if strategy not in (*STRATEGIES, UNTRAINED):
+        raise SuiteError(f"{where}.strategy: unknown strategy {strategy!r}. Valid strategies: "
+                         f"{', '.join(STRATEGIES)}, or {UNTRAINED!r} (no training: the model as loaded).")
     name = raw.get("name", strategy)
     if name in BASELINE_STRATEGIES:
         raise SuiteError(f"{where}.name: {name!r} is reserved for the baselines; pick another name.")
     options = _typed(raw.get("options") or {}, f"{where}.options", dict)
-    unknown = sorted(set(options) - set(REGISTRY[strategy].options))
+    known = REGISTRY[strategy].options if strategy in REGISTRY else {}
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise SuiteError(f"{where}.options: unknown option(s) {', '.join(unknown)} for {strategy!r}. "
-                         f"Its options: {', '.join(REGISTRY[strategy].options) or 'none'}.")
+                         f"Its options: {', '.join(known) or 'none'}.")
     quant = raw.get("quantization")
     quant = None if quant in (None, "none") else str(quant)
     if quant not in QUANTIZATIONS:
