@@ -45,21 +45,21 @@ def _cells(results_dir: Path) -> tuple[dict, list[dict]]:
 
 def components(results: dict, rows: list[dict]) -> list[dict]:
     """Per cell: measured peak, the planner's prediction without its fitted terms, quantized values."""
-    from peftkit.bench.cell import load_task_data, model_source
+    from peftkit.bench.cell import model_source
+    from peftkit.bench.runner import label_counter
     from peftkit.bench.suite import load_suite
-    from peftkit.data import label_names
     from peftkit.memory import CPU_GATED_TEMPORARIES_SCALE, activation_bytes, plan
 
     suite = load_suite(results["suite_file"])
     path, _ = model_source(suite)
+    num_labels = label_counter(suite)
     out = []
     for row in rows:
         task, spec = suite.task(row["task"]), suite.strategy(row["strategy"])
-        labels = label_names(load_task_data(task, row.get("train_size"), row.get("seed") or 0), task.task)
         options = {spec.strategy: dict(spec.options)} if spec.options else {}
         result = plan(path, task=task.task, batch_size=int(row["batch_size"]), seq_len=int(row["seq_len"]),
                       strategies=[spec.strategy], quantization=(spec.quantization,), device="cpu",
-                      num_labels=len(labels) if labels else None, **options)
+                      num_labels=num_labels(row), **options)
         planned, profile = result.rows[0], result._profiles[0]
         structure = profile.structure
         temporaries = activation_bytes(structure, int(row["batch_size"]), int(row["seq_len"]), "cpu", 4)[1]

@@ -281,7 +281,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
         counts = peftkit.count_parameters(model)
         row.update(trainable_params=0, total_params=counts.total, trainable_percent=0.0, train_seconds=0.0,
                    max_steps=0, checkpoint_mb=0.0)
-        score_and_save(model, tokenizer, task_obj, data["test"], task, suite.budget_for(task), device, row, None)
+        score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, None)
         row.update(probe.stop(), status="ok", prediction_note="no training: nothing to predict")
         return row
     model = peftkit.wrap(model, spec.strategy, **spec.options)

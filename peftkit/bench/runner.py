@@ -253,6 +253,25 @@ def run_suite(
     return out
 
 
+def label_counter(suite: Suite):
+    """``count(row)``: the number of labels a cell's training data has (None for tasks without labels),
+    read once per task and training-set size."""
+    from ..data import label_names
+    from .cell import load_task_data
+
+    counts: dict[tuple[str, int | None, int], int | None] = {}
+
+    def count(row: dict[str, Any]) -> int | None:
+        key = (row["task"], row.get("train_size"), row.get("seed") or 0)
+        if key not in counts:
+            task = suite.task(row["task"])
+            names = label_names(load_task_data(task, key[1], key[2]), task.task)
+            counts[key] = len(names) if names else None
+        return counts[key]
+
+    return count
+
+
 def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Recompute the planner's prediction for every measured cell of ``output_dir/results.json``.
 
@@ -262,8 +281,7 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
     rows keep the old value as ``previous_predicted_peak_memory_mb``; results.json records when
     and with which planner the predictions were made. Returns the updated results.
     """
-    from ..data import label_names
-    from .cell import load_task_data, model_source, predicted_peak_mb, resolve_device
+    from .cell import model_source, predicted_peak_mb, resolve_device
 
     out = Path(output_dir)
     results = read_results(out)
@@ -272,18 +290,14 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
     suite = load_suite(suite_path or results["suite_file"])
     model_path, _ = model_source(suite)
     device = resolve_device(suite)
-    labels: dict[tuple[str, int | None], int | None] = {}
+    num_labels = label_counter(suite)
     for row in results["rows"]:
         if row.get("status") != "ok" or not row.get("seq_len") or row["strategy"] not in {s.name for s in suite.strategies}:
             continue
         task = suite.task(row["task"])
         spec = suite.strategy(row["strategy"])
-        size_key = (task.name, row.get("train_size"))
-        if size_key not in labels:
-            names = label_names(load_task_data(task, row.get("train_size"), row.get("seed") or 0), task.task)
-            labels[size_key] = len(names) if names else None
         predicted, note = predicted_peak_mb(model_path, task.task, spec, int(row["batch_size"]), int(row["seq_len"]), device,
-                                            num_labels=labels[size_key])
+                                            num_labels=num_labels(row))
         row.setdefault("previous_predicted_peak_memory_mb", row.get("predicted_peak_memory_mb"))
         row.update(predicted_peak_memory_mb=predicted, prediction_note=note or "re-predicted from the cell's settings")
     from .cell import versions
