@@ -70,6 +70,24 @@ def test_lora_variants_reach_peft():
     assert any("lora_magnitude_vector" in n for n, _ in wrapped.named_parameters())
 
 
+def lora_targets(wrapped: nn.Module) -> set[str]:
+    return {n.rsplit(".lora_A", 1)[0].split("base_model.model.", 1)[1] for n, _ in wrapped.named_modules()
+            if n.endswith(".lora_A")}
+
+
+def test_lora_string_targets_reach_peft_as_peft_reads_them():
+    """"all-linear" and a regular expression are PEFT's own forms, not module names to suffix-match."""
+    every = lora_targets(peftkit.wrap(build_tiny("bert", "classification"), "lora", target_modules="all-linear"))
+    assert {"bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.intermediate.dense",
+            "bert.encoder.layer.1.output.dense"} <= every
+    assert not any(name.startswith("classifier") for name in every)  # the head is trained whole
+    only_first = lora_targets(peftkit.wrap(build_tiny("bert", "classification"), "lora",
+                                           target_modules=r".*layer\.0\.attention\.self\.(query|value)"))
+    assert only_first == {"bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value"}
+    gpt2 = peftkit.wrap(build_tiny("gpt2", "causal-lm"), "lora", target_modules="all-linear")
+    assert gpt2.peft_config["default"].fan_in_fan_out  # GPT-2's Conv1D layers store weights transposed
+
+
 def test_auto_targets_find_fused_attention():
     from peftkit.targets import attention_targets, sublayer_outputs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -19,12 +20,21 @@ def heads_to_save(model: nn.Module, given: Any) -> list[str] | None:
     return list(given) if given else None
 
 
-def has_conv1d(model: nn.Module, targets: list[str]) -> bool:
-    """True when a target names a GPT-2 style Conv1D (weights stored transposed)."""
-    return any(
-        type(m).__name__ == "Conv1D" and linear_dims(m) and any(n == t or n.endswith("." + t) for t in targets)
-        for n, m in model.named_modules()
-    )
+def has_conv1d(model: nn.Module, targets: list[str] | str) -> bool:
+    """True when a target names a GPT-2 style Conv1D (weights stored transposed).
+
+    ``targets`` is a list of name suffixes, or a string as PEFT reads it: ``"all-linear"`` or a
+    regular expression that must match a full module name.
+    """
+
+    def targeted(name: str) -> bool:
+        if targets == "all-linear":
+            return True
+        if isinstance(targets, str):
+            return re.fullmatch(targets, name) is not None
+        return any(name == t or name.endswith("." + t) for t in targets)
+
+    return any(type(m).__name__ == "Conv1D" and linear_dims(m) and targeted(n) for n, m in model.named_modules())
 
 
 _PEFT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError, RuntimeError)

@@ -17,7 +17,7 @@ class LoRA(Strategy):
         "r": 8,
         "alpha": 16,
         "dropout": 0.05,
-        "target_modules": "auto",
+        "target_modules": "auto",  # or a list of names, "all-linear", a regex
         "use_dora": False,
         "use_rslora": False,
         "init": True,  # PEFT's init_lora_weights: True, "gaussian", "pissa", "olora", ...
@@ -30,7 +30,8 @@ class LoRA(Strategy):
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
         targets = attention_targets(model) if o["target_modules"] == "auto" else o["target_modules"]
-        targets = [targets] if isinstance(targets, str) else list(targets)
+        # A string goes to PEFT as is: "all-linear" or a regular expression over full module names.
+        targets = targets if isinstance(targets, str) else list(targets)
         config = LoraConfig(
             task_type=task_type(task),
             r=o["r"],
