@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,28 @@ def test_rerun_skips_done_cells(quick_results, monkeypatch):
     after = json.loads((quick_results / "results.json").read_text())
     assert after["rows"] == before["rows"]
     assert after["runs"][-1]["cells_run"] == 0 and after["runs"][-1]["cells_skipped"] == len(before["rows"])
+
+
+@pytest.mark.slow
+def test_rerun_runs_again_cells_whose_settings_changed(quick_results, tmp_path):
+    """A cell whose lr or options changed in the suite file is stale: it (and the baselines that re-train
+    the baseline strategy) run again; every other done cell is still skipped."""
+    from peftkit.bench.runner import pending_cells, select_cells
+    from peftkit.bench.suite import CellKey
+
+    text = QUICK_SUITE.read_text()
+    assert "{name: lora, strategy: lora, options: {r: 4, alpha: 8}}" in text
+    text = text.replace("{name: lora, strategy: lora, options: {r: 4, alpha: 8}}",
+                        "{name: lora, strategy: lora, options: {r: 4, alpha: 8}, lr: 0.0123}")
+    text = text.replace("{name: bitfit, strategy: bitfit}", "{name: bitfit, strategy: bitfit, options: {}}")
+    text = text.replace("{name: ia3, strategy: ia3}", "{name: ia3, strategy: ia3, options: {target_modules: [query]}}")
+    changed = load_suite(write_suite(tmp_path / "quick.yaml", text))
+    done = {CellKey.from_row(r).id(): r for r in json.loads((quick_results / "results.json").read_text())["rows"]}
+    todo, stale = pending_cells(changed, select_cells(changed), done)
+    assert {k.strategy for k in todo} == {"lora", "ia3", *BASELINE_STRATEGIES}
+    assert "0.0123" in stale["quick/sentiment/lora/none/0/48"] and "query" in stale["quick/sentiment/ia3/none/0/48"]
+    same, none_stale = pending_cells(load_suite(QUICK_SUITE), select_cells(load_suite(QUICK_SUITE)), done)
+    assert same == [] and none_stale == {}
 
 
 @pytest.mark.slow
@@ -297,6 +320,10 @@ def test_readme_section_between_suite_markers(quick_results, tmp_path):
     update_readme(readme, quick_results)
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| lora |" in text and "results.md" in text
+    # the verdicts travel with the table: the targets and peftkit's time against each baseline
+    assert re.search(r"- Target on sentiment, `lora` within 0.5 pt of full: (met|\*\*missed\*\*) \([+-]\d", text)
+    assert re.search(r"train time against HF Trainer \+ PEFT: \d+\.\d\dx \(goal at most 1x\)", text)
+    assert re.search(r"train time against hand-written Accelerate \+ PEFT loop: \d+\.\d\dx \(goal at most 1.02x\)", text)
     other = tmp_path / "OTHER.md"
     other.write_text("no markers here\n")
     with pytest.raises(ValueError, match="bench:quick:start"):

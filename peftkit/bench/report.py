@@ -94,7 +94,7 @@ def target_notes(results: dict[str, Any]) -> dict[tuple[str, str], str]:
         if row is None:
             continue
         if ref is None or not _ok(row):
-            notes[(targets["task"], name)] = f"target (within {100 * gap:g} pt of {targets['reference']}): not measured"
+            notes[(targets["task"], name)] = f"target: within {100 * gap:g} pt of {targets['reference']}: not measured"
             continue
         diff = 100 * (row["metric_value"] - ref["metric_value"])
         verdict = "met" if -diff <= 100 * gap + 1e-9 else "**missed**"
@@ -475,7 +475,8 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
         lines.append(f"| {name} | {_num(percent, 3)} | " + " | ".join(metrics) + f" | {_num(memory, 0)} | {_num(seconds, 0)} |")
     for task, rows in task_rows(results).items():
         if len(_sizes(rows)) > 1:  # a data-size sweep: the metric at every size
-            lines += ["", f"{task}: "] + _sweep_table(rows, rows[0].get("metric_name"), order)
+            table = _sweep_table(rows, rows[0].get("metric_name"), order)
+            lines += ["", f"**{task}**, {table[0]}", *table[1:]]
     untrained = {r["strategy"] for rows in tasks.values() for r in rows if r.get("base_strategy") == "none"}
     scores = {}
     for name in [n for n in order if n not in untrained]:
@@ -492,11 +493,18 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
                   for n in scores}
         best = max(scores, key=scores.get)
         close = [n for n in scores if scores[n] >= scores[best] - 0.01]
-        lean = min(close, key=memory.get)
-        lines += ["", f"- Best on average (metric / best metric per task): `{best}` ({scores[best]:.3f}).",
-                  f"- Least memory within 1% of it: `{lean}` ({memory[lean]:,.0f} MiB on average, against "
-                  f"{memory[best]:,.0f} MiB for `{best}`).",
-                  f"- Least memory of all: `{min(memory, key=memory.get)}` (score {scores[min(memory, key=memory.get)]:.3f})."]
+        lean, least = min(close, key=memory.get), min(memory, key=memory.get)
+        lines += ["", f"- Best on average (metric / best metric per task): `{best}` ({scores[best]:.3f})."]
+        lines.append(f"- Least memory within 0.01 of that score: `{lean}` ({memory[lean]:,.0f} MiB on average, against "
+                     f"{memory[best]:,.0f} MiB for `{best}`)." if lean != best else
+                     f"- No strategy within 0.01 of that score uses less memory ({memory[best]:,.0f} MiB on average).")
+        lines.append(f"- Least memory of all: `{least}` ({memory[least]:,.0f} MiB, score {scores[least]:.3f}).")
+    lines += [f"- Target on {task}, `{name}` {note.removeprefix('target: ')}" for (task, name), note in target_notes(results).items()]
+    for item in baseline_rows(results):
+        if item["ratio"] is not None:
+            lines.append(f"- {results['baselines']['task']} `{results['baselines']['strategy']}` train time against "
+                         f"{BASELINE_NAMES[item['name']]}: {item['ratio']:.2f}x (goal at most {item['goal']:g}x), accuracy "
+                         f"{item['ours']['metric_value']:.4f} against {item['row']['metric_value']:.4f}.")
     return "\n".join(lines)
 
 

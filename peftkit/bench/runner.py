@@ -5,15 +5,18 @@
   and the suite goes on.
 - ``results.json`` is rewritten after every cell; a re-run skips the cells already there
   (keyed by suite / task / strategy / quantization / seed / train size). Failed cells are
-  skipped too unless ``retry_failed``.
+  skipped too unless ``retry_failed``. A cell whose learning rate or strategy options changed in
+  the suite file since it ran is run again (`stale_reason`).
 - At the end: ``results.csv`` (the issue's columns first, in order), ``results.md`` and the
   PNG plots (`peftkit.bench.report`).
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .cell import COLUMNS, EXTRA_COLUMNS, empty_row
-from .suite import CellKey, Suite, load_suite
+from .suite import BASELINE_STRATEGIES, UNTRAINED, CellKey, Suite, SuiteError, load_suite
 
 RESULTS_JSON = "results.json"
 
@@ -171,6 +174,48 @@ def select_cells(suite: Suite, tasks: list[str] | None = None, strategies: list[
     return [k for k in suite.cells() if (not tasks or k.task in tasks) and (not strategies or k.strategy in strategies)]
 
 
+def _options(text: Any) -> Any:
+    """A row's recorded options: JSON (strategy cells) or a Python literal (older baseline rows)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return ast.literal_eval(text)
+
+
+def stale_reason(suite: Suite, row: dict[str, Any]) -> str | None:
+    """Why a finished row no longer matches the suite file (its lr or options changed), else None.
+
+    Baseline rows re-train the suite's baseline strategy, so they compare against that one.
+    """
+    from ..strategies import default_learning_rate
+
+    name = row["strategy"]
+    if name in BASELINE_STRATEGIES and suite.baselines:
+        name = suite.baselines["strategy"]
+    try:
+        spec = suite.strategy(name)
+    except SuiteError:
+        return None  # no longer in the suite: never selected, so never re-run
+    if spec.strategy == UNTRAINED:
+        return None
+    want_lr = spec.lr or default_learning_rate(spec.strategy)
+    if row.get("lr") is not None and not math.isclose(float(row["lr"]), want_lr, rel_tol=1e-9):
+        return f"lr {float(row['lr']):g} -> {want_lr:g}"
+    if row.get("options") is not None and _options(row["options"]) != spec.options:
+        return f"options {row['options']} -> {json.dumps(spec.options, sort_keys=True)}"
+    return None
+
+
+def pending_cells(suite: Suite, cells: list[CellKey], done: dict[str, dict[str, Any]],
+                  retry_failed: bool = False) -> tuple[list[CellKey], dict[str, str]]:
+    """The cells to run: not done yet, failed (with ``retry_failed``), or stale; and why each stale one is."""
+    stale = {k.id(): why for k in cells if k.id() in done and (why := stale_reason(suite, done[k.id()]))}
+    todo = [k for k in cells if k.id() not in done or k.id() in stale or (retry_failed and done[k.id()].get("error"))]
+    return todo, stale
+
+
 def run_suite(
     suite_path: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
@@ -200,7 +245,7 @@ def run_suite(
     results = read_results(out)
     done = {CellKey.from_row(r).id(): r for r in results.get("rows", []) if r.get("suite") == suite.name}
     cells = select_cells(suite, tasks, strategies)
-    todo = [k for k in cells if k.id() not in done or (retry_failed and done[k.id()].get("error"))]
+    todo, stale = pending_cells(suite, cells, done, retry_failed)
     skipped = len(cells) - len(todo)
     run = {"command": command or command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": machine(), "versions": versions(), "cells_run": len(todo), "cells_skipped": skipped, "jobs": jobs}
@@ -214,6 +259,8 @@ def run_suite(
     results["baselines"], results["targets"] = suite.baselines, suite.targets
     if skipped and progress:
         print(f"peftkit bench: {skipped} cell(s) already in {out / RESULTS_JSON}, skipped.", file=sys.stderr)
+    for cell_id, why in stale.items():
+        print(f"peftkit bench: {cell_id} changed in the suite file ({why}): running it again.", file=sys.stderr)
     if suite.model.gguf_file and todo:
         from .cell import convert_gguf
 
