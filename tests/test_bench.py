@@ -237,6 +237,8 @@ strategies:
     (("  - {name: lora, strategy: lora}", "  - {name: lora, strategy: lora}\n  - {name: lora, strategy: bitfit}"), "duplicate strategy name(s) lora"),
     (("  - {name: lora, strategy: lora}", "  - {name: baseline-trainer, strategy: lora}"), "reserved for the baselines"),
     (("name: t\n", "name: t\nbaselines: {task: a, strategy: nope}\n"), "no strategy named 'nope'"),
+    (("name: t\n", "name: t\ntargets: {task: a, reference: lora, max_gap: {lora: 0.01}, tried: 3}\n"),
+     "targets.tried: expected str"),
 ])
 def test_suite_validation_errors(tmp_path, change, message):
     text = GOOD.replace("{data}", str(tmp_path))
@@ -322,6 +324,7 @@ def test_readme_section_between_suite_markers(quick_results, tmp_path):
     assert "old" not in text and text.endswith("tail\n") and "| lora |" in text and "results.md" in text
     # the verdicts travel with the table: the targets and peftkit's time against each baseline
     assert re.search(r"- Target on sentiment, `lora` within 0.5 pt of full: (met|\*\*missed\*\*) \([+-]\d", text)
+    assert "- Tried to meet the targets: nothing; the quick suite checks the machinery" in text
     assert re.search(r"train time against HF Trainer \+ PEFT: \d+\.\d\dx \(goal at most 1x\)", text)
     assert re.search(r"train time against hand-written Accelerate \+ PEFT loop: \d+\.\d\dx \(goal at most 1.02x\)", text)
     other = tmp_path / "OTHER.md"

@@ -268,6 +268,8 @@ def _targets_section(results: dict[str, Any], notes: dict[tuple[str, str], str])
     for (task, name), note in notes.items():
         row = next((r for r in results["rows"] if r["task"] == task and r["strategy"] == name), {})
         lines.append(f"- `{name}` (lr {row.get('lr')}, options {row.get('options') or '{}'}): {note}")
+    if targets.get("tried"):
+        lines += ["", f"Tried to meet them: {targets['tried']}"]
     return lines + [""]
 
 
@@ -500,6 +502,8 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
                      f"- No strategy within 0.01 of that score uses less memory ({memory[best]:,.0f} MiB on average).")
         lines.append(f"- Least memory of all: `{least}` ({memory[least]:,.0f} MiB, score {scores[least]:.3f}).")
     lines += [f"- Target on {task}, `{name}` {note.removeprefix('target: ')}" for (task, name), note in target_notes(results).items()]
+    if target_notes(results) and results["targets"].get("tried"):
+        lines.append(f"- Tried to meet the targets: {results['targets']['tried']}")
     for item in baseline_rows(results):
         if item["ratio"] is not None:
             lines.append(f"- {results['baselines']['task']} `{results['baselines']['strategy']}` train time against "

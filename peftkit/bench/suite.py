@@ -29,6 +29,7 @@ A suite file (``benchmarks/suites/*.yaml``)::
       - {name: lora-4bit, strategy: lora, quantization: 4bit}
     baselines: {task: sst2, strategy: lora}    # optional: HF Trainer and hand-written loop
     targets: {task: sst2, reference: full, max_gap: {lora: 0.005}}   # optional, for the report
+      # (targets may also say, under `tried:`, what was done to meet them; the report prints it)
 
 ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment in every string.
 Every error is a `SuiteError` naming the file, the key and the fix.
@@ -64,7 +65,7 @@ _TASK_KEYS = {"name", "task", "hub_id", "data", "train", "test", "columns", "met
 _COLUMN_KEYS = {"text_column", "label_column", "tokens_column", "tags_column", "prompt_column", "response_column"}
 _STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization"}
 _BASELINE_KEYS = {"task", "strategy"}
-_TARGET_KEYS = {"task", "reference", "max_gap"}
+_TARGET_KEYS = {"task", "reference", "max_gap", "tried"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -412,7 +413,10 @@ def _parse_targets(raw: Any, where: str, suite: Suite) -> dict[str, Any] | None:
     for name, gap in gaps.items():
         suite.strategy(name)
         _typed(gap, f"{where}.max_gap.{name}", (int, float))
-    return {"task": task.name, "reference": reference.name, "max_gap": {k: float(v) for k, v in gaps.items()}}
+    parsed = {"task": task.name, "reference": reference.name, "max_gap": {k: float(v) for k, v in gaps.items()}}
+    if raw.get("tried") is not None:
+        parsed["tried"] = " ".join(str(_typed(raw["tried"], f"{where}.tried", str)).split())
+    return parsed
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
