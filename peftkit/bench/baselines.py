@@ -17,7 +17,6 @@ peftkit only reads the LoRA options' defaults and the target modules, so the ada
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,11 @@ def _lora_config(model, options: dict[str, Any]):
     from peft import LoraConfig, TaskType
 
     from ..strategies import REGISTRY
-    from ..targets import attention_targets
+    from ..strategies.lora import resolve_targets
 
     o = REGISTRY["lora"].resolve_options(options)
-    targets = attention_targets(model) if o["target_modules"] == "auto" else o["target_modules"]
     return LoraConfig(task_type=TaskType.SEQ_CLS, r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"],
-                      target_modules=targets if isinstance(targets, str) else list(targets),  # a str as PEFT reads it
+                      target_modules=resolve_targets(model, o["target_modules"]),
                       use_dora=o["use_dora"], use_rslora=o["use_rslora"], init_lora_weights=o["init"], bias=o["bias"])
 
 
@@ -128,7 +126,6 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
 
     from ..data import label_names
     from ..parameters import count_parameters
-    from ..strategies import default_learning_rate
     from ..training import TrainConfig
 
     task = suite.task(key.task)
@@ -138,12 +135,12 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
     config = TrainConfig(**budget)  # the same defaults the peftkit cell trains with
     if not config.max_steps:
         raise ValueError("The baselines need a step budget: set budget.max_steps in the suite.")
-    lr = spec.lr or default_learning_rate("lora")
+    lr = spec.learning_rate()
     settings = {"steps": config.max_steps, "batch_size": config.batch_size, "lr": lr, "weight_decay": config.weight_decay,
                 "warmup": int(config.warmup_ratio * config.max_steps), "scheduler": config.scheduler,
                 "max_grad_norm": config.max_grad_norm, "seed": key.seed, "max_length": task.max_length, "device": device}
     row.update(device=device_label(device), base_strategy="lora", lr=lr, max_steps=config.max_steps,
-               options=json.dumps(spec.options, sort_keys=True), batch_size=config.batch_size)
+               options=spec.options_text(), batch_size=config.batch_size)
     torch.manual_seed(key.seed)
     data = load_task_data(task, key.train_size, key.seed)
     labels = label_names(data, task.task)

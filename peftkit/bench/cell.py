@@ -263,8 +263,8 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     device = resolve_device(suite)
     budget = suite.budget_for(task)
     untrained = spec.strategy == UNTRAINED
-    row.update(device=device_label(device), base_strategy=spec.strategy, options=json.dumps(spec.options, sort_keys=True),
-               lr=None if untrained else spec.lr or peftkit.default_learning_rate(spec.strategy))
+    row.update(device=device_label(device), base_strategy=spec.strategy, options=spec.options_text(),
+               lr=spec.learning_rate())
     torch.manual_seed(key.seed)
     data = load_task_data(task, key.train_size, key.seed)
     row.update(train_samples=len(data["train"]), eval_samples=len(data["test"]))

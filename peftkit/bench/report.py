@@ -501,8 +501,9 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
                      f"{memory[best]:,.0f} MiB for `{best}`)." if lean != best else
                      f"- No strategy within 0.01 of that score uses less memory ({memory[best]:,.0f} MiB on average).")
         lines.append(f"- Least memory of all: `{least}` ({memory[least]:,.0f} MiB, score {scores[least]:.3f}).")
-    lines += [f"- Target on {task}, `{name}` {note.removeprefix('target: ')}" for (task, name), note in target_notes(results).items()]
-    if target_notes(results) and results["targets"].get("tried"):
+    notes = target_notes(results)
+    lines += [f"- Target on {task}, `{name}` {note.removeprefix('target: ')}" for (task, name), note in notes.items()]
+    if notes and results["targets"].get("tried"):
         lines.append(f"- Tried to meet the targets: {results['targets']['tried']}")
     for item in baseline_rows(results):
         if item["ratio"] is not None:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import ast
 import datetime
 import json
 import math
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cell import COLUMNS, EXTRA_COLUMNS, empty_row
-from .suite import BASELINE_STRATEGIES, UNTRAINED, CellKey, Suite, SuiteError, load_suite
+from .suite import BASELINE_STRATEGIES, CellKey, Suite, SuiteError, load_suite
 
 RESULTS_JSON = "results.json"
 
@@ -174,23 +173,11 @@ def select_cells(suite: Suite, tasks: list[str] | None = None, strategies: list[
     return [k for k in suite.cells() if (not tasks or k.task in tasks) and (not strategies or k.strategy in strategies)]
 
 
-def _options(text: Any) -> Any:
-    """A row's recorded options: JSON (strategy cells) or a Python literal (older baseline rows)."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return ast.literal_eval(text)
-
-
 def stale_reason(suite: Suite, row: dict[str, Any]) -> str | None:
     """Why a finished row no longer matches the suite file (its lr or options changed), else None.
 
     Baseline rows re-train the suite's baseline strategy, so they compare against that one.
     """
-    from ..strategies import default_learning_rate
-
     name = row["strategy"]
     if name in BASELINE_STRATEGIES and suite.baselines:
         name = suite.baselines["strategy"]
@@ -198,13 +185,14 @@ def stale_reason(suite: Suite, row: dict[str, Any]) -> str | None:
         spec = suite.strategy(name)
     except SuiteError:
         return None  # no longer in the suite: never selected, so never re-run
-    if spec.strategy == UNTRAINED:
+    want_lr = spec.learning_rate()
+    if want_lr is None:
         return None
-    want_lr = spec.lr or default_learning_rate(spec.strategy)
     if row.get("lr") is not None and not math.isclose(float(row["lr"]), want_lr, rel_tol=1e-9):
         return f"lr {float(row['lr']):g} -> {want_lr:g}"
-    if row.get("options") is not None and _options(row["options"]) != spec.options:
-        return f"options {row['options']} -> {json.dumps(spec.options, sort_keys=True)}"
+    want_options = spec.options_text()
+    if row.get("options") is not None and row["options"] != want_options:
+        return f"options {row['options']} -> {want_options}"
     return None
 
 

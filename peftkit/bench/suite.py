@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -108,6 +109,18 @@ class StrategySpec:
     options: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
     quantization: str | None = None
+
+    def learning_rate(self) -> float | None:
+        """The lr its cells train with: the suite's, else the strategy's default (None: nothing trains)."""
+        if self.strategy == UNTRAINED:
+            return None
+        from ..strategies import default_learning_rate
+
+        return self.lr or default_learning_rate(self.strategy)
+
+    def options_text(self) -> str:
+        """The options as every result row records them (JSON, keys sorted)."""
+        return json.dumps(self.options, sort_keys=True)
 
 
 @dataclass

@@ -10,6 +10,13 @@ from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
 from .base import Strategy
 
 
+def resolve_targets(model: nn.Module, target_modules) -> list[str] | str:
+    """LoRA's targets as PEFT takes them: "auto" read off the model, a list of names, or a string passed
+    as is ("all-linear" or a regular expression over full module names)."""
+    targets = attention_targets(model) if target_modules == "auto" else target_modules
+    return targets if isinstance(targets, str) else list(targets)
+
+
 class LoRA(Strategy):
     name = "lora"
     summary = "low-rank updates on the attention projections (PEFT)"
@@ -29,9 +36,7 @@ class LoRA(Strategy):
     default_lr = 5e-4
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
-        targets = attention_targets(model) if o["target_modules"] == "auto" else o["target_modules"]
-        # A string goes to PEFT as is: "all-linear" or a regular expression over full module names.
-        targets = targets if isinstance(targets, str) else list(targets)
+        targets = resolve_targets(model, o["target_modules"])
         config = LoraConfig(
             task_type=task_type(task),
             r=o["r"],
