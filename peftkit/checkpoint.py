@@ -6,17 +6,19 @@ Formats:
 - ``peftkit``: the trained tensors only (``adapter_model.safetensors``), for adapter and bitfit.
 - ``full``: the whole model through ``save_pretrained``.
 
-Every checkpoint also holds ``peftkit_config.json``: strategy, options, task, base model,
-labels. A checkpoint is written into a temporary sibling directory and renamed into place,
-so an interrupted save never leaves a half-written checkpoint behind.
+Every checkpoint also holds ``peftkit_config.json``: strategy, options, task, base model
+(with where to find it again: `peftkit.base_source`), labels. A checkpoint is written into a
+temporary sibling directory and renamed into place (`peftkit.safe_write`), so an interrupted
+save never leaves a half-written checkpoint behind, and a save never replaces files peftkit did
+not write. `load` checks every file it reads first and names the damaged one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
-import tempfile
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,30 +28,22 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import base_source
+from .base_source import BaseModelNotFoundError
 from .introspect import auto_class, is_quantized, trainable_state
+from .safe_write import CONFIG_NAME, OverwriteRefusedError, atomic_directory, clean_stale_temporaries
 from .strategies import REGISTRY, WrapInfo, wrap, wrap_info
 from .strategies.base import INFO_ATTR
 
-CONFIG_NAME = "peftkit_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+__all__ = [
+    "BaseModelNotFoundError", "CheckpointError", "OverwriteRefusedError", "atomic_directory",
+    "clean_stale_temporaries", "load", "merge", "read_config", "save",
+]
 
 
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or corrupt; the message names the file."""
 
 
 def _require_info(model: nn.Module) -> WrapInfo:
@@ -71,20 +65,25 @@ def _quantization(model: nn.Module) -> str | None:
     return None
 
 
-def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Write what was trained, plus a config naming strategy, options and base model."""
+def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overwrite: bool = True) -> Path:
+    """Write what was trained, plus a config naming strategy, options, base model and labels.
+
+    ``path`` must be missing, an empty directory, or a checkpoint peftkit wrote: that one is
+    replaced, and any file in it that peftkit did not write is kept in the new checkpoint.
+    Anything else (a file, a directory of other files) raises `OverwriteRefusedError`, as does
+    any existing checkpoint with ``overwrite=False``.
+    """
     info = _require_info(model)
     config = getattr(model, "config", None)
     meta = {
         **info.to_dict(),
+        "base_model_source": base_source.describe(info.base_model),
         "quantization": _quantization(model),
         "num_labels": getattr(config, "num_labels", None) if info.task in ("classification", "token-classification") else None,
         "id2label": {str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()},
     }
-    with atomic_directory(path) as tmp:
-        if info.format == "peft":
-            model.save_pretrained(tmp)
-        elif info.format == "full":
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        if info.format in ("peft", "full"):
             model.save_pretrained(tmp)
         else:
             save_file(trainable_state(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -92,6 +91,13 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Pa
             tokenizer.save_pretrained(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(path)
+
+
+def _damaged(file: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{file} is damaged ({type(err).__name__}: {err}); the checkpoint was truncated or corrupted "
+        "(an interrupted copy, a full disk). Copy or save it again."
+    )
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -102,69 +108,164 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             f"{file} not found: {path} is not a peftkit checkpoint (peftkit.save writes one). "
             "A plain PEFT adapter loads with peft.PeftModel.from_pretrained."
         )
-    return json.loads(file.read_text())
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _damaged(file, err) from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("strategy"), str) or "format" not in meta:
+        raise CheckpointError(f"{file} is damaged: it lacks the 'strategy' and 'format' entries peftkit.save writes.")
+    return meta
 
 
-def _load_base(meta: dict[str, Any]) -> nn.Module:
-    name = meta.get("base_model")
-    if not name:
-        raise ValueError(
-            "The checkpoint does not name its base model (it was built from a config, not "
-            "loaded from a path or hub id). Pass base_model=<the same base model>."
-        )
-    labels = None
+def _check_files(path: Path, fmt: str) -> None:
+    """Open every file `load` reads (JSON parsed, safetensors headers checked against the file size)."""
+    from safetensors import safe_open
+
+    if fmt == "full":
+        json_files, tensor_files = ["config.json"], sorted(p.name for p in path.glob("model*.safetensors"))
+    else:
+        json_files, tensor_files = (["adapter_config.json"] if fmt == "peft" else []), [WEIGHTS_NAME]
+    if fmt == "peft" and not (path / WEIGHTS_NAME).is_file() and (path / "adapter_model.bin").is_file():
+        tensor_files = []  # a PEFT adapter saved with safe_serialization=False
+    for name in json_files + tensor_files:
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing: the checkpoint {path} is incomplete. Copy or save it again.")
+        try:
+            if name in json_files:
+                json.loads(file.read_text(encoding="utf-8"))
+            else:
+                with safe_open(str(file), "pt"):
+                    pass
+        except Exception as err:  # SafetensorError has no importable base class but Exception
+            raise _damaged(file, err) from err
+
+
+def _labels(meta: dict[str, Any]) -> list[str] | None:
     if meta.get("id2label") and meta.get("num_labels"):
-        labels = [meta["id2label"][str(i)] for i in range(meta["num_labels"])]
-    if meta.get("quantization"):
-        from .loading import load_model
+        return [meta["id2label"][str(i)] for i in range(meta["num_labels"])]
+    return None
 
-        model, _ = load_model(name, task=meta["task"], labels=labels, quantization=meta["quantization"])
-        return model
-    kwargs = {}
-    if labels:
-        kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                  "label2id": {v: i for i, v in enumerate(labels)}}
-    return auto_class(meta["task"]).from_pretrained(name, **kwargs)
+
+def _load_base(name: str, meta: dict[str, Any], checkpoint: Path, given: bool) -> nn.Module:
+    labels = _labels(meta)
+    try:
+        if meta.get("quantization"):
+            from .loading import load_model
+
+            return load_model(name, task=meta["task"], labels=labels, quantization=meta["quantization"])[0]
+        kwargs = {}
+        if labels:
+            kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                      "label2id": {v: i for i, v in enumerate(labels)}}
+        return auto_class(meta["task"]).from_pretrained(name, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        whose = "The base model you passed" if given else f"The base model recorded in {checkpoint / CONFIG_NAME}"
+        raise BaseModelNotFoundError(
+            f"{whose}, {name!r}, could not be loaded ({first}). {base_source.hint(checkpoint)}"
+        ) from err
+
+
+_REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*MISSING\b", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _HeldReports(logging.Filter):
+    """Holds back transformers' LOAD REPORT records (the head is restored right after)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
+
+@contextmanager
+def _quiet_base_loading() -> Iterator[_HeldReports]:
+    """Hold transformers' load report and drop PEFT's `is_gradient_checkpointing` FutureWarning."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    held = _HeldReports()
+    logger.addFilter(held)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            yield held
+    finally:
+        logger.removeFilter(held)
+
+
+def _release_reports(held: _HeldReports, restored: set[str]) -> None:
+    """Show a held report again when it names a missing weight the checkpoint did not restore."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    for record in held.records:
+        missing = _REPORT_ROW.findall(_ANSI.sub("", record.getMessage()))
+        if not missing or not restored.issuperset(missing):
+            logger.handle(record)
 
 
 def load(path: str | os.PathLike, base_model: nn.Module | str | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild a wrapped model from a checkpoint written by `save`.
 
-    ``base_model`` is a model object or a path / hub id; when None, the base model named in
-    the checkpoint is loaded. ``trainable=True`` keeps the trained parameters trainable (to go
-    on training); otherwise the model is ready for inference.
+    ``base_model`` is a model object or a path / hub id; when None, the base model recorded in
+    the checkpoint is loaded (its hub id, or its local folder: where it was, else a folder of
+    the same name and content next to the checkpoint). ``trainable=True`` keeps the trained
+    parameters trainable (to go on training); otherwise the model is ready for inference.
+    Damaged files raise `CheckpointError`, a base that cannot be found `BaseModelNotFoundError`.
     """
     path = Path(path)
     meta = read_config(path)
+    _check_files(path, meta["format"])
     info = WrapInfo(meta["strategy"], meta.get("options", {}), meta.get("task"), meta.get("base_model"), meta["format"])
     if info.format == "full":
         model = auto_class(info.task).from_pretrained(path)
         model.requires_grad_(trainable)
         setattr(model, INFO_ATTR, info)
         return model
-    if isinstance(base_model, (str, os.PathLike)):
-        base_model = _load_base({**meta, "base_model": str(base_model)})
-    elif base_model is None:
-        base_model = _load_base(meta)
+    source = base_source.recorded(meta)
+    if isinstance(base_model, nn.Module):
+        base_source.check(getattr(getattr(base_model, "config", None), "_name_or_path", None), source, path)
+        info.base_model = getattr(getattr(base_model, "config", None), "_name_or_path", None) or info.base_model
+    with _quiet_base_loading() as held:
+        if not isinstance(base_model, nn.Module):
+            given = base_model is not None
+            name = os.fspath(base_model) if given else base_source.resolve(meta, path)
+            if given:
+                base_source.check(name, source, path)
+            base_model = _load_base(name, meta, path, given)
+            info.base_model = str(Path(name).resolve()) if os.path.isdir(name) else name
+        model, restored = _attach(base_model, path, info, trainable)
+    _release_reports(held, restored)
+    setattr(model, INFO_ATTR, info)
+    return model
+
+
+def _attach(base_model: nn.Module, path: Path, info: WrapInfo, trainable: bool) -> tuple[nn.Module, set[str]]:
+    """(the checkpoint's trained part on top of ``base_model``, the base weights it restored)."""
     if info.format == "peft":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(base_model, path, is_trainable=trainable)
-    else:
-        model = wrap(base_model, info.strategy, task=info.task, **info.options)
-        tensors = load_file(str(path / WEIGHTS_NAME))
-        expected = {n for n, p in model.named_parameters() if p.requires_grad}
-        missing, unexpected = expected - set(tensors), set(tensors) - expected
-        if missing or unexpected:
-            raise ValueError(
-                f"Checkpoint {path} does not fit this base model: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}. Pass the base model the checkpoint was trained on."
-            )
-        model.load_state_dict(tensors, strict=False)
-        if not trainable:
-            model.requires_grad_(False)
-    setattr(model, INFO_ATTR, info)
-    return model
+        restored = {re.sub(r"^base_model\.(model\.)?", "", n).replace(".modules_to_save.default.", ".")
+                    for n, _ in model.named_parameters() if ".modules_to_save.default." in n}
+        return model, restored
+    model = wrap(base_model, info.strategy, task=info.task, **info.options)
+    tensors = load_file(str(path / WEIGHTS_NAME))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"Checkpoint {path} does not fit this base model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}. Pass the base model the checkpoint was trained on."
+        )
+    model.load_state_dict(tensors, strict=False)
+    if not trainable:
+        model.requires_grad_(False)
+    return model, set(tensors)
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -5,6 +5,7 @@ A strategy only decides which parameters exist and train. It never loads data or
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +25,12 @@ class WrapInfo:
     task: str | None = None
     base_model: str | None = None
     format: str = "peftkit"  # "peft" (PEFT's own files), "peftkit" (trained tensors), "full"
+
+    def __post_init__(self) -> None:
+        # A base loaded from a relative folder is recorded by its absolute path, so a checkpoint
+        # saved after a change of directory (or read from elsewhere) still finds it.
+        if self.base_model and not os.path.isabs(self.base_model) and os.path.isdir(self.base_model):
+            self.base_model = os.path.abspath(self.base_model)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
