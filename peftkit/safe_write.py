@@ -137,6 +137,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     tmp = _sibling(target, "tmp")
     try:
         yield tmp
+        _umask_modes(tmp)
         written = sorted(p.name for p in tmp.iterdir())
         (tmp / MANIFEST_NAME).write_text(json.dumps({"written_by": "peftkit", "files": written}, indent=1) + "\n")
         foreign, legacy = _foreign_entries(target, overwrite)
@@ -145,6 +146,18 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give the files written into ``folder`` the user's umask (writers that go through a private
+    temporary file, as safetensors does, leave them 0600)."""
+    probe = folder / ".peftkit-mode-probe"
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for file in folder.rglob("*"):
+        if file.is_file() and not file.is_symlink() and file.stat().st_mode & 0o777 == 0o600 != mode:
+            file.chmod(mode)
 
 
 def _swap(tmp: Path, target: Path) -> None:
