@@ -17,7 +17,12 @@ from helpers_loading import tiny_model_dir, word_tokenizer
 
 import peftkit
 from peftkit import checkpoint
-from peftkit.checkpoint import BaseModelNotFoundError, CheckpointError, OverwriteRefusedError, clean_stale_temporaries
+from peftkit.checkpoint import (
+    BaseModelNotFoundError,
+    CheckpointError,
+    OverwriteRefusedError,
+    clean_stale_temporaries,
+)
 
 LABELS = ["neg", "mid", "pos"]
 DEAD_PID = 999_999_999  # above any pid_max: no such process
@@ -198,6 +203,21 @@ def test_truncated_weights_name_the_file(tmp_path, tiny_base):
         f.truncate(weights.stat().st_size // 2)
     with pytest.raises(CheckpointError, match=r"adapter_model.safetensors is damaged .*truncated or corrupted"):
         peftkit.load(path)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=r"adapter_model.safetensors is missing: the checkpoint .* is incomplete"):
+        peftkit.load(path)
+
+
+def test_damaged_peft_config_and_full_weights_name_the_file(tmp_path, tiny_base):
+    base, _ = tiny_base("bert", "classification")
+    lora = peftkit.save(peftkit.wrap(base, "lora"), tmp_path / "lora")
+    (lora / "adapter_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"adapter_config.json is damaged \(JSONDecodeError"):
+        peftkit.load(lora)
+    full = peftkit.save(peftkit.wrap(build_tiny("bert", "classification"), "full"), tmp_path / "full")
+    (full / "model.safetensors").write_bytes(b"\x05\x00")
+    with pytest.raises(CheckpointError, match=r"model.safetensors is damaged \(SafetensorError"):
+        peftkit.load(full)
 
 
 def test_corrupt_config_names_the_file(tmp_path, adapter_model):
@@ -266,6 +286,8 @@ def test_other_base_warns_but_loads(tmp_path):
     AutoModelForSequenceClassification.from_config(tiny_config("bert", hidden_dropout_prob=0.3)).save_pretrained(other)
     with pytest.warns(UserWarning, match=f"{other} differs from the one .* was trained on"):
         peftkit.load(path, base_model=other)
+    with pytest.warns(UserWarning, match=f"{other} differs from the one"):  # a model object: its folder is read
+        peftkit.load(path, base_model=AutoModelForSequenceClassification.from_pretrained(other, num_labels=3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         peftkit.load(path, base_model=base_dir)  # the same base: no warning
