@@ -56,7 +56,7 @@ def describe(name: str | None) -> dict[str, Any] | None:
         return None
     if not _looks_local(name):
         return {"kind": "hub", "id": name}
-    path = Path(name).expanduser().resolve()
+    path = Path(os.path.abspath(os.path.expanduser(name)))  # the user's path, symbolic links kept
     return {"kind": "local", "path": str(path), "folder_name": path.name, "fingerprint": fingerprint(path)}
 
 

@@ -36,6 +36,13 @@ def trained(base_dir: Path, strategy: str = "lora"):
     return wrapped.eval()
 
 
+def saved(base_parent: Path, target: Path, strategy: str = "lora"):
+    """(base folder, checkpoint saved from it, the trained model's logits on `batch`)."""
+    base_dir = tiny_model_dir(base_parent, "bert", "classification", pad_token=True)
+    wrapped = trained(base_dir, strategy)
+    return base_dir, peftkit.save(wrapped, target), wrapped(**batch()).logits
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
@@ -231,10 +238,7 @@ def test_corrupt_config_names_the_file(tmp_path, adapter_model):
 
 
 def test_moved_base_says_what_was_tried_and_how_to_pass_it(tmp_path):
-    base_dir = tiny_model_dir(tmp_path / "models", "bert", "classification", pad_token=True)
-    wrapped = trained(base_dir)
-    expected = wrapped(**batch()).logits
-    path = peftkit.save(wrapped, tmp_path / "runs" / "ckpt")
+    base_dir, path, expected = saved(tmp_path / "models", tmp_path / "runs" / "ckpt")
     moved = base_dir.rename(tmp_path / "elsewhere")
     with pytest.raises(BaseModelNotFoundError, match=rf"{base_dir}, which is not there any more. Tried: {base_dir}, "
                        r".*base_model=PATH_OR_HUB_ID.*--base-model PATH_OR_HUB_ID"):
@@ -257,10 +261,7 @@ def test_hub_id_that_cannot_be_loaded_says_how_to_pass_the_base(tmp_path, adapte
 
 
 def test_copied_checkpoint_finds_its_base_next_to_it(tmp_path):
-    base_dir = tiny_model_dir(tmp_path / "machine-a", "bert", "classification", pad_token=True)
-    wrapped = trained(base_dir)
-    expected = wrapped(**batch()).logits
-    path = peftkit.save(wrapped, tmp_path / "machine-a" / "ckpt")
+    base_dir, path, expected = saved(tmp_path / "machine-a", tmp_path / "machine-a" / "ckpt")
     source = json.loads((path / "peftkit_config.json").read_text())["base_model_source"]
     assert source["kind"] == "local" and source["path"] == str(base_dir) and source["folder_name"] == base_dir.name
     assert source["fingerprint"].startswith("sha256:")
@@ -294,10 +295,7 @@ def test_other_base_warns_but_loads(tmp_path):
 
 
 def test_checkpoint_with_only_base_model_still_loads(tmp_path):
-    base_dir = tiny_model_dir(tmp_path, "bert", "classification", pad_token=True)
-    wrapped = trained(base_dir, "bitfit")
-    expected = wrapped(**batch()).logits
-    path = peftkit.save(wrapped, tmp_path / "ckpt")
+    base_dir, path, expected = saved(tmp_path, tmp_path / "ckpt", "bitfit")
     meta = json.loads((path / "peftkit_config.json").read_text())
     del meta["base_model_source"]
     (path / "peftkit_config.json").write_text(json.dumps(meta))
