@@ -228,8 +228,9 @@ def load(path: str | os.PathLike, base_model: nn.Module | str | None = None, tra
         return model
     source = base_source.recorded(meta)
     if isinstance(base_model, nn.Module):
-        base_source.check(getattr(getattr(base_model, "config", None), "_name_or_path", None), source, path)
-        info.base_model = getattr(getattr(base_model, "config", None), "_name_or_path", None) or info.base_model
+        own_name = getattr(getattr(base_model, "config", None), "_name_or_path", None)
+        base_source.check(own_name, source, path)
+        info.base_model = own_name or info.base_model
     with _quiet_base_loading() as held:
         if not isinstance(base_model, nn.Module):
             given = base_model is not None
@@ -237,7 +238,7 @@ def load(path: str | os.PathLike, base_model: nn.Module | str | None = None, tra
             if given:
                 base_source.check(name, source, path)
             base_model = _load_base(name, meta, path, given)
-            info.base_model = str(Path(name).resolve()) if os.path.isdir(name) else name
+            info.base_model = os.path.abspath(name) if os.path.isdir(name) else name
         model, restored = _attach(base_model, path, info, trainable)
     _release_reports(held, restored)
     setattr(model, INFO_ATTR, info)
