@@ -529,6 +529,17 @@ def _drop_blank_tokens(ds, name: str, where: str):
     return kept
 
 
+def _distinct_labels(ds, task: str) -> list[int]:
+    """The label (or tag) ids a classification / token-classification split holds; [] for other tasks."""
+    import pyarrow.compute as pc
+
+    canonical = CANONICAL[task][1]
+    if task not in ("classification", "token-classification") or canonical not in ds.column_names or not len(ds):
+        return []
+    values = ds.with_format("arrow")[canonical].combine_chunks()
+    return pc.unique(values.flatten() if task == "token-classification" else values).drop_null().to_pylist()
+
+
 def check_classes(train, task: str, where: str = "the train split", column: str | None = None, hint: str = "") -> None:
     """Refuse a classification or token-classification training split whose labels take one value.
 
@@ -537,18 +548,10 @@ def check_classes(train, task: str, where: str = "the train split", column: str 
     go into the message; ``hint`` (a sentence left open for "add training rows ...") says how the
     split came to hold one label when peftkit made it so.
     """
-    import pyarrow.compute as pc
-
-    if task not in ("classification", "token-classification") or len(train) == 0:
-        return
-    canonical = CANONICAL[task][1]
-    nested = task == "token-classification"
-    if canonical not in train.column_names:
-        return
-    values = train.with_format("arrow")[canonical].combine_chunks()
-    distinct = pc.unique(values.flatten() if nested else values).drop_null().to_pylist()
+    distinct = _distinct_labels(train, task)
     if len(distinct) != 1:
         return
+    canonical, nested = CANONICAL[task][1], task == "token-classification"
     names = _class_names(_inner(train.features[canonical]) if nested else train.features[canonical])
     label = names[distinct[0]] if names and 0 <= distinct[0] < len(names) else distinct[0]
     column = column or canonical
@@ -666,12 +669,13 @@ def load_data(
         out = {s: _drop_blank_rows(ds, texts, origin[s]) for s, ds in out.items()}
 
     label_column = {"classification": label_column, "token-classification": tags_column}.get(task)
-    check_classes(out["train"], task, origin["train"], label_column)
-    if "validation" not in out:
+    carved = "validation" not in out
+    several = len(_distinct_labels(out["train"], task)) > 1
+    if carved:
         out["train"], out["validation"] = _carve_validation(out["train"], validation_fraction, seed, task == "classification")
-        check_classes(out["train"], task, origin["train"], label_column, (
-            f"It has others, but carving a validation split (validation_fraction={validation_fraction}) took their "
-            "only rows: give a validation file, or "))
+    check_classes(out["train"], task, origin["train"], label_column, (
+        f"It has others, but carving a validation split (validation_fraction={validation_fraction}) took their "
+        "only rows: give a validation file, or ") if carved and several else "")
     out["train"] = _subset(out["train"], max_train_samples, seed)
     check_classes(out["train"], task, origin["train"], label_column,
                   f"It has others, but max_train_samples={max_train_samples} kept rows of one only: raise it, or ")
