@@ -488,7 +488,8 @@ def _drop_blank_rows(ds, columns: dict[str, str], where: str):
     what = f"an empty or whitespace-only {' or '.join(named)}"
     if count == len(ds):
         raise DataError(f"{where}: every row ({count}) has {what}: there is no text to train or evaluate on. "
-                        "Check that the column option names the column holding the text.")
+                        f"Check that {' and '.join(f'{c}_column=' for c in columns)} "
+                        f"{'name the columns' if len(columns) > 1 else 'names the column'} holding the text.")
     warnings.warn(
         f"{where}: {count} of {len(ds)} rows have {what} (first: row {int(np.flatnonzero(blank)[0])}); dropped "
         "them. Fill in or remove those rows to silence this warning.",
@@ -511,8 +512,8 @@ def _drop_blank_tokens(ds, name: str, where: str):
     rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)[blank]
 
     def keep(batch):
-        rows = zip(batch["tokens"], batch["tags"], strict=True)
-        pairs = [[(w, t) for w, t in zip(words, tags, strict=True) if w.strip()] for words, tags in rows]
+        sentences = zip(batch["tokens"], batch["tags"], strict=True)
+        pairs = [[(w, t) for w, t in zip(words, tags, strict=True) if w.strip()] for words, tags in sentences]
         return {"tokens": [[w for w, _ in p] for p in pairs], "tags": [[t for _, t in p] for p in pairs]}
 
     ds = ds.map(keep, batched=True, features=ds.features, desc="peftkit: dropping blank words")
