@@ -15,6 +15,12 @@ Sources: a hub dataset id (``"stanfordnlp/sst2"``, ``"name:config"`` for a confi
 ``.conll`` (a token and its tags per line, tag in the last column, a blank line between
 sentences, ``-DOCSTART-`` lines dropped; parsed here into a ``Dataset``).
 
+Rows whose text (classification ``text``; causal-lm ``prompt`` or ``response``) is empty or
+whitespace only are dropped from every split with a warning that counts them, as are empty
+words (with their tags) in token classification: they hold nothing to learn or to score. A
+training split whose labels (or tags) take a single value is refused: a model trained on it
+always answers that label, and reports accuracy 1.0 on data of that label.
+
 Label names come from the training data (strings or ints, sorted) unless the dataset already
 has a ``ClassLabel``; a validation or test label the training data lacks is an error. Without a
 validation split, one is carved from train (seeded). Bad input raises `DataError` (a
@@ -455,6 +461,114 @@ def _check_lengths(ds, where: str) -> None:
         raise DataError(f"{where}: row {int(empty[0])} has no tokens ({empty.size} such rows); drop empty sentences.")
 
 
+def _blank(strings) -> np.ndarray:
+    """Which entries of a pyarrow string array are empty or whitespace only (nulls count as blank)."""
+    import pyarrow.compute as pc
+
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(strings)), 0)
+    return pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
+
+
+def _drop_blank_rows(ds, columns: dict[str, str], where: str):
+    """``ds`` without the rows whose text is empty or whitespace only in any of ``columns``
+    (canonical name → the user's column name), with a warning that counts them.
+
+    They are dropped, not kept: a label (or answer) without text teaches the model nothing but a
+    bias, and scoring it measures nothing. A split left with no rows is an error."""
+    blank = np.zeros(len(ds), dtype=bool)
+    named = []
+    for canonical, name in columns.items():
+        mask = _blank(ds.with_format("arrow")[canonical].combine_chunks())
+        if mask.any():
+            named.append(repr(name))
+        blank |= mask
+    count = int(blank.sum())
+    if not count:
+        return ds
+    what = f"an empty or whitespace-only {' or '.join(named)}"
+    if count == len(ds):
+        raise DataError(f"{where}: every row ({count}) has {what}: there is no text to train or evaluate on. "
+                        f"Check that {' and '.join(f'{c}_column=' for c in columns)} "
+                        f"{'name the columns' if len(columns) > 1 else 'names the column'} holding the text.")
+    warnings.warn(
+        f"{where}: {count} of {len(ds)} rows have {what} (first: row {int(np.flatnonzero(blank)[0])}); dropped "
+        "them. Fill in or remove those rows to silence this warning.",
+        stacklevel=3,
+    )
+    return ds.select(np.flatnonzero(~blank))
+
+
+def _drop_blank_tokens(ds, name: str, where: str):
+    """``ds`` without empty or whitespace-only words (and their tags), with a warning that counts
+    them: the tokenizer gives such a word no sub-token, so it could be neither learned nor scored.
+    Sentences left without words are dropped too."""
+    import pyarrow.compute as pc
+
+    column = ds.with_format("arrow")["tokens"].combine_chunks()
+    blank = _blank(column.flatten())
+    count = int(blank.sum())
+    if not count:
+        return ds
+    rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)[blank]
+
+    def keep(batch):
+        sentences = zip(batch["tokens"], batch["tags"], strict=True)
+        pairs = [[(w, t) for w, t in zip(words, tags, strict=True) if w.strip()] for words, tags in sentences]
+        return {"tokens": [[w for w, _ in p] for p in pairs], "tags": [[t for _, t in p] for p in pairs]}
+
+    ds = ds.map(keep, batched=True, features=ds.features, desc="peftkit: dropping blank words")
+    kept = ds.filter(len, input_columns="tokens")
+    emptied = len(ds) - len(kept)
+    if not len(kept):
+        raise DataError(f"{where}: every word in {name!r} is empty or whitespace-only; there is nothing to tag.")
+    warnings.warn(
+        f"{where}: {count} word(s) in {len(set(rows.tolist()))} row(s) of {name!r} are empty or whitespace-only (first: "
+        f"row {int(rows[0])}); dropped them with their tags{f', and the {emptied} row(s) left without words' if emptied else ''}. "
+        "Remove those words to silence this warning.",
+        stacklevel=3,
+    )
+    return kept
+
+
+def _distinct_labels(ds, task: str) -> list[int]:
+    """The label (or tag) ids a classification / token-classification split holds; [] for other tasks."""
+    import pyarrow.compute as pc
+
+    canonical = CANONICAL[task][1]
+    if task not in ("classification", "token-classification") or canonical not in ds.column_names or not len(ds):
+        return []
+    values = ds.with_format("arrow")[canonical].combine_chunks()
+    return pc.unique(values.flatten() if task == "token-classification" else values).drop_null().to_pylist()
+
+
+def check_classes(train, task: str, where: str = "the train split", column: str | None = None, hint: str = "") -> None:
+    """Refuse a classification or token-classification training split whose labels take one value.
+
+    A model trained on it learns to always answer that label, and an evaluation holding only that
+    label reports accuracy 1.0. ``where`` and ``column`` (the user's name for the label column)
+    go into the message; ``hint`` (a sentence left open for "add training rows ...") says how the
+    split came to hold one label when peftkit made it so.
+    """
+    distinct = _distinct_labels(train, task)
+    if len(distinct) != 1:
+        return
+    canonical, nested = CANONICAL[task][1], task == "token-classification"
+    names = _class_names(_inner(train.features[canonical]) if nested else train.features[canonical])
+    label = names[distinct[0]] if names and 0 <= distinct[0] < len(names) else distinct[0]
+    column = column or canonical
+    param = "tags_column" if nested else "label_column"
+    if nested:
+        effect = f"every tag in {column!r} is {label!r}: the model would learn to tag every word {label!r}"
+    else:
+        effect = (f"every row's {column!r} is {label!r}: the model would learn to always answer {label!r}, "
+                  "and an evaluation on that label alone would report accuracy 1.0")
+    noun = "tag" if nested else "label"
+    raise DataError(
+        f"{where} holds a single {noun}: {effect}. {hint}{'a' if hint else 'A'}dd training rows with at least one "
+        f"other {noun} (or check that {param}= names the {noun} column)."
+    )
+
+
 def _drop_unlabelled(raw: dict[str, Any], origin: dict[str, str], column: str) -> None:
     """Hub test splits often carry label -1 (unlabelled, e.g. GLUE): drop such a split."""
     for split in ("validation", "test"):
@@ -531,6 +645,7 @@ def load_data(
         encoded, names = _encode_labels(raw, origin, label_column, nested=False)
         features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
         out = {s: _canonical(ds, mapping, features, ids, "label", False) for s, (ds, ids) in encoded.items()}
+        out = {s: _drop_blank_rows(ds, {"text": text_column}, origin[s]) for s, ds in out.items()}
     elif task == "token-classification":
         for split, ds in raw.items():
             _check_tokens(ds, tokens_column, "tokens_column", origin[split])
@@ -544,16 +659,27 @@ def load_data(
         out = {s: _canonical(ds, mapping, features, ids, "tags", True) for s, (ds, ids) in encoded.items()}
         for split, ds in out.items():
             _check_lengths(ds, origin[split])
+        out = {s: _drop_blank_tokens(ds, tokens_column, origin[s]) for s, ds in out.items()}
     else:
         for split, ds in raw.items():
             _check_text(ds, prompt_column, "prompt", "prompt_column", origin[split])
             _check_text(ds, response_column, "response", "response_column", origin[split])
         features = Features({"prompt": Value("string"), "response": Value("string")})
         out = {s: _canonical(ds, mapping, features, None, None, False) for s, ds in raw.items()}
+        texts = {"prompt": prompt_column, "response": response_column}
+        out = {s: _drop_blank_rows(ds, texts, origin[s]) for s, ds in out.items()}
 
-    if "validation" not in out:
+    label_column = {"classification": label_column, "token-classification": tags_column}.get(task)
+    carved = "validation" not in out
+    several = len(_distinct_labels(out["train"], task)) > 1
+    if carved:
         out["train"], out["validation"] = _carve_validation(out["train"], validation_fraction, seed, task == "classification")
+    check_classes(out["train"], task, origin["train"], label_column, (
+        f"It has others, but carving a validation split (validation_fraction={validation_fraction}) took their "
+        "only rows: give a validation file, or ") if carved and several else "")
     out["train"] = _subset(out["train"], max_train_samples, seed)
+    check_classes(out["train"], task, origin["train"], label_column,
+                  f"It has others, but max_train_samples={max_train_samples} kept rows of one only: raise it, or ")
     for split in ("validation", "test"):
         if split in out:
             out[split] = _subset(out[split], max_eval_samples, seed)

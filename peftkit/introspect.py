@@ -6,6 +6,7 @@ so it applies to architectures that no table in peftkit lists.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -156,3 +157,77 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state-dict entries of parameters that require grad (detached, on the CPU)."""
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# Config fields that bound the positions a model can read, by the spelling architectures use.
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length", "max_sequence_length")
+# A tokenizer's model_max_length at or above this is a "no limit" sentinel (transformers uses int(1e30)).
+NO_LIMIT = 10**9
+
+
+def _prompt_tokens(model: nn.Module) -> int:
+    """Virtual tokens a PEFT prompt-learning model (prompt / prefix tuning) puts before every input."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict):
+        return 0
+    config = configs.get(getattr(model, "active_adapter", "default"))
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return 0
+    return int(getattr(config, "num_virtual_tokens", 0) or 0)
+
+
+def position_limit(model: nn.Module) -> tuple[int, str] | None:
+    """(most tokens one input may hold, where that number comes from), or None without a limit.
+
+    Read from the config (``max_position_embeddings``, ``n_positions``, ``n_ctx``, ...). Models
+    that place tokens by relative position only (T5, DeBERTa without absolute positions) have
+    none. RoBERTa-style embeddings count positions from ``padding_idx + 1``, and prompt-learning
+    virtual tokens take positions too; both come off the limit.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa(-v2): relative positions only
+        return None
+    found = next(((f, getattr(config, f)) for f in POSITION_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    if found is None or found[1] <= 0:
+        return None
+    name, limit = found
+    source = f"config {name}={limit}"
+    positions = next((m for n, m in model.named_modules() if n.endswith("position_embeddings")), None)
+    padding = getattr(positions, "padding_idx", None)
+    if isinstance(positions, nn.Embedding) and padding is not None and positions.num_embeddings == limit:
+        limit -= padding + 1
+        source += f", less {padding + 1} (positions start after padding_idx {padding})"
+    virtual = _prompt_tokens(model)
+    if virtual:
+        limit -= virtual
+        source += f", less {virtual} virtual tokens"
+    return max(1, limit), source
+
+
+def fit_max_length(model: nn.Module, tokenizer, max_length: int) -> int:
+    """``max_length``, clamped with a warning to what the model (and its tokenizer) can read.
+
+    The model's limit is `position_limit`; a tokenizer's ``model_max_length`` lowers it further
+    unless it is a "no limit" sentinel (>= `NO_LIMIT`). A model without a position limit (T5) is
+    not clamped by its tokenizer: its relative positions take longer inputs.
+    """
+    found = position_limit(model)
+    if found is None:
+        return max_length
+    limit, source = found
+    tokens = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokens, int) and 0 < tokens < min(limit, NO_LIMIT):
+        limit, source = tokens, f"the tokenizer's model_max_length={tokens}; {source}"
+    if max_length <= limit:
+        return max_length
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel: name the model inside
+    warnings.warn(
+        f"max_length={max_length} is more than {type(base).__name__} can read: {limit} tokens ({source}). "
+        f"Using max_length={limit}; pass max_length={limit} or less to silence this warning.",
+        stacklevel=2,
+    )
+    return limit

@@ -489,6 +489,8 @@ class _Run:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
+        from .introspect import fit_max_length
+
         self.config, self.task, self.tokenizer, self.data = config, task, tokenizer, data
         self.out_dir = Path(config.output_dir)
         resume_dir = self._resume_dir()
@@ -498,6 +500,7 @@ class _Run:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if "train" not in data or len(data["train"]) == 0:
             raise ValueError(f"The data has no training examples (splits: { {k: len(v) for k, v in data.items()} }).")
+        config.max_length = fit_max_length(model, tokenizer, config.max_length)  # within the position limit
         with accelerator.main_process_first():
             prepared = task.prepare(data, tokenizer, max_length=config.max_length)
         collate, world = task.collator(tokenizer), accelerator.num_processes

@@ -35,9 +35,9 @@ def test_unknown_option_names_option_and_valid_ones():
 
 
 def test_bad_adapter_options():
-    with pytest.raises(ValueError, match="placement 'middle'.*pfeiffer, houlsby"):
+    with pytest.raises(ValueError, match="adapter option placement='middle': must be one of 'pfeiffer', 'houlsby'"):
         peftkit.wrap(build_tiny("bert", "classification"), "adapter", placement="middle")
-    with pytest.raises(ValueError, match="reduction_factor must be a positive integer"):
+    with pytest.raises(ValueError, match=r"adapter option reduction_factor=0: must be an integer >= 1 \(e\.g\. reduction_factor=16\)"):
         peftkit.wrap(build_tiny("bert", "classification"), "adapter", reduction_factor=0)
 
 

@@ -24,6 +24,7 @@ from transformers.activations import ACT2FN
 from ..introspect import head_module_names, linear_dims
 from ..targets import sublayer_outputs
 from .base import Strategy, freeze, unfreeze_heads
+from .options import Choice, Integer, Modules
 
 PLACEMENTS = ("pfeiffer", "houlsby")
 ADAPTER_NAME = "adapter"
@@ -71,6 +72,12 @@ class Adapter(Strategy):
     name = "adapter"
     summary = "bottleneck adapters after attention and/or feed-forward outputs (ours)"
     options = {"reduction_factor": 16, "placement": "pfeiffer", "activation": "relu", "modules_to_save": "auto"}
+    option_rules = {
+        "reduction_factor": Integer(1),
+        "placement": Choice(PLACEMENTS),
+        "activation": Choice(sorted(ACT2FN)),
+        "modules_to_save": Modules(optional=True),
+    }
     merge_refusal = (
         "Bottleneck adapters add a non-linear layer (down-projection, activation, "
         "up-projection) to the network; it cannot be folded into the existing weights. "
@@ -79,11 +86,7 @@ class Adapter(Strategy):
     default_lr = 1e-3
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
-        placement, factor = o["placement"], o["reduction_factor"]
-        if placement not in PLACEMENTS:
-            raise ValueError(f"Unknown adapter placement {placement!r}. Choose one of: {', '.join(PLACEMENTS)}.")
-        if not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"reduction_factor must be a positive integer, got {factor!r}.")
+        placement, factor = o["placement"], o["reduction_factor"]  # checked by resolve_options
         targets = []
         for sub in sublayer_outputs(model):
             if placement == "houlsby":

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..introspect import TASKS
+from .options import Rule, check
 
 INFO_ATTR = "peftkit_info"
 
@@ -45,11 +46,15 @@ class Strategy:
     """One fine-tuning strategy.
 
     Subclasses set the class attributes and implement `apply`. `options` maps each option
-    name to its default; `wrap` rejects any other name.
+    name to its default (the one place defaults live); `option_rules` maps the same names to
+    the `Rule` each value must meet (type and range, see `peftkit.strategies.options`).
+    `resolve_options` rejects any other name and any value its rule refuses, before anything
+    is built; `check_options` may add rules that tie options together.
     """
 
     name: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
+    option_rules: ClassVar[dict[str, Rule]] = {}
     uses_peft: ClassVar[bool] = False  # saved in PEFT's format, loaded by PeftModel
     mergeable: ClassVar[bool] = False
     merge_refusal: ClassVar[str] = ""
@@ -66,7 +71,15 @@ class Strategy:
                 f"Unknown option(s) {', '.join(map(repr, unknown))} for strategy {self.name!r}. "
                 f"Its options are: {valid}."
             )
-        return {**self.options, **given}
+        resolved = {**self.options, **given}
+        for key, value in given.items():
+            if key in self.option_rules:  # every built-in option has one (tests/test_validation.py)
+                check(self.name, key, value, self.option_rules[key], self.options[key])
+        self.check_options(resolved)
+        return resolved
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Rules between options (each one already meets its own rule); raise a ValueError."""
 
     def apply(self, model: nn.Module, task: str, **options: Any) -> nn.Module:
         raise NotImplementedError

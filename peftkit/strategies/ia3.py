@@ -8,19 +8,25 @@ from torch import nn
 from ..targets import ffn_output_targets, key_value_targets
 from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
 from .base import Strategy
+from .options import Modules
 
 
 class IA3(Strategy):
     name = "ia3"
     summary = "learned scaling of keys, values and feed-forward activations (PEFT)"
     options = {"target_modules": "auto", "feedforward_modules": "auto", "modules_to_save": "auto"}
+    option_rules = {
+        "target_modules": Modules(),
+        "feedforward_modules": Modules(optional=True),
+        "modules_to_save": Modules(optional=True),
+    }
     uses_peft = True
     mergeable = True
     default_lr = 3e-3
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
         auto = o["target_modules"] == "auto"
-        ffn = ffn_output_targets(model) if o["feedforward_modules"] == "auto" else list(o["feedforward_modules"])
+        ffn = ffn_output_targets(model) if o["feedforward_modules"] == "auto" else list(o["feedforward_modules"] or [])
         targets = key_value_targets(model) + ffn if auto else list(o["target_modules"])
         config = IA3Config(
             task_type=task_type(task),

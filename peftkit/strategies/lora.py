@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import typing
+
 from peft import LoraConfig
 from torch import nn
 
 from ..targets import attention_targets
 from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
 from .base import Strategy
+from .options import Choice, Flag, Integer, Modules, Number
+
+# PEFT init schemes that need more than a name (a config of their own, or a pass over data before
+# training): peftkit cannot set them up from an option, a LoraConfig passed to wrap can.
+NEEDS_CONFIG = {"eva": "eva_config", "corda": "corda_config", "loftq": "loftq_config"}
+
+
+class InitRule(Choice):
+    """True/False or one of PEFT's init_lora_weights names, read off LoraConfig so it follows PEFT
+    ("pissa_niter_<n>" as PEFT spells it). The names in `NEEDS_CONFIG` pass here and are refused
+    by `LoRA.check_options`, which says what to do instead."""
+
+    def __init__(self):
+        hint = typing.get_type_hints(LoraConfig)["init_lora_weights"]
+        names = [n for arg in typing.get_args(hint) for n in typing.get_args(arg)]
+        plain = [n for n in names if "[" not in n and n not in NEEDS_CONFIG]
+        super().__init__([True, False, *plain], patterns=[r"pissa_niter_\d+"], shown=["'pissa_niter_<n>'"])
+
+    def accepts(self, value) -> bool:
+        return super().accepts(value) or (isinstance(value, str) and value in NEEDS_CONFIG)
 
 
 def resolve_targets(model: nn.Module, target_modules) -> list[str] | str:
@@ -31,9 +53,30 @@ class LoRA(Strategy):
         "bias": "none",
         "modules_to_save": "auto",
     }
+    option_rules = {
+        "r": Integer(1),
+        "alpha": Number(0, low_closed=False),
+        "dropout": Number(0, 1),
+        "target_modules": Modules(("auto", "all-linear"), pattern=True),
+        "use_dora": Flag(),
+        "use_rslora": Flag(),
+        "init": InitRule(),
+        "bias": Choice(["none", "all", "lora_only"]),
+        "modules_to_save": Modules(optional=True),
+    }
     uses_peft = True
     mergeable = True
     default_lr = 5e-4
+
+    def check_options(self, o) -> None:
+        if o["init"] in NEEDS_CONFIG:
+            raise ValueError(
+                f"lora option init={o['init']!r} needs PEFT's {NEEDS_CONFIG[o['init']]} (and for eva/corda a pass over "
+                f"data), which a strategy option cannot give: pass peft.LoraConfig(init_lora_weights={o['init']!r}, "
+                f"{NEEDS_CONFIG[o['init']]}=...) to peftkit.wrap instead, or pick init=True."
+            )
+        if o["init"] == "orthogonal" and o["r"] % 2:
+            raise ValueError(f"lora option init='orthogonal' needs an even rank, got r={o['r']} (e.g. r={o['r'] + 1}).")
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
         targets = resolve_targets(model, o["target_modules"])

@@ -7,6 +7,7 @@ from torch import nn
 
 from ._peft import apply_peft, heads_to_save, prompt_learning_dims, task_type
 from .base import Strategy
+from .options import Flag, Integer, Modules
 
 _NOT_MERGEABLE = (
     "{name} adds virtual tokens in front of every input; there is no weight to fold them "
@@ -18,6 +19,7 @@ class PromptTuning(Strategy):
     name = "prompt"
     summary = "trainable virtual tokens prepended to the input embeddings (PEFT)"
     options = {"num_virtual_tokens": 20, "modules_to_save": "auto"}
+    option_rules = {"num_virtual_tokens": Integer(1), "modules_to_save": Modules(optional=True)}
     uses_peft = True
     merge_refusal = _NOT_MERGEABLE.format(name="Prompt tuning")
     default_lr = 3e-2
@@ -36,6 +38,7 @@ class PrefixTuning(Strategy):
     name = "prefix"
     summary = "trainable key/value prefixes in every attention layer (PEFT)"
     options = {"num_virtual_tokens": 20, "prefix_projection": False, "modules_to_save": "auto"}
+    option_rules = {"num_virtual_tokens": Integer(1), "prefix_projection": Flag(), "modules_to_save": Modules(optional=True)}
     uses_peft = True
     merge_refusal = _NOT_MERGEABLE.format(name="Prefix tuning")
     default_lr = 1e-2

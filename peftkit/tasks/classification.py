@@ -19,9 +19,11 @@ class ClassificationTask(Task):
         self.label_names = label_names
 
     def prepare(self, data, tokenizer, max_length: int = 128):
-        from ..data import label_names
+        from ..data import check_classes, label_names
 
         self.label_names = label_names(data, self.name)
+        if "train" in data:
+            check_classes(data["train"], self.name)
 
         def encode(batch):
             enc = tokenizer(batch["text"], truncation=True, max_length=max_length)

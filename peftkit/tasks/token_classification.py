@@ -32,9 +32,11 @@ class TokenClassificationTask(Task):
         self.label_names = label_names
 
     def prepare(self, data, tokenizer, max_length: int = 128):
-        from ..data import label_names
+        from ..data import check_classes, label_names
 
         self.label_names = label_names(data, self.name)
+        if "train" in data:
+            check_classes(data["train"], self.name)
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 f"Token classification needs a fast tokenizer (word_ids maps sub-tokens to words); "
