@@ -400,3 +400,21 @@ def test_generate_selects_each_prompts_adapter_across_chunks(assets):
     single = [task.generate(gen.model, gen.tokenizer, [p], max_new_tokens=6, adapter_names=[n])[0] for p, n in zip(PROMPTS, names, strict=True)]
     other = task.generate(gen.model, gen.tokenizer, PROMPTS[1:], max_new_tokens=6, adapter_names=["gen1", "gen1"])
     assert mixed == single and mixed[1:] != other
+
+
+def test_quantized_base_serves_mixed_lora_batches(assets):
+    """--quantization 4bit: one 4-bit base for both LoRA adapters; mixed batches equal single ones."""
+    from peftkit.introspect import is_quantized
+    from peftkit.prediction import predict_texts
+    from peftkit.serve.registry import Registry
+
+    registry = Registry(quantization="4bit")
+    a, b = registry.load("a", assets["lora1"]), registry.load("b", assets["lora2"])
+    assert a.model is b.model and is_quantized(a.model) and a.mixable
+    mixed = predict_texts(a.model, a.tokenizer, "classification", TEXTS * 2, adapter_names=["a"] * 4 + ["b"] * 4)
+    single = []
+    for name in ("a", "b"):
+        a.model.set_adapter(name)
+        single += predict_texts(a.model, a.tokenizer, "classification", TEXTS)
+    assert all(abs(m["scores"][k] - s["scores"][k]) <= 1e-4 for m, s in zip(mixed, single, strict=True) for k in m["scores"])
+    assert mixed[:4] != mixed[4:]

@@ -28,6 +28,7 @@ def setup_serve_parser(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("--model", help="base model path or hub id (default: the base each checkpoint names)")
     p.add_argument("--adapter", action="append", metavar="NAME=PATH", help="an adapter to serve (repeatable)")
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model(s) quantized (bitsandbytes)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where models run (default: a GPU if torch sees one)")
     p.add_argument("--host", default=DEFAULTS["host"], help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=DEFAULTS["port"])
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $PEFTKIT_API_KEY)")

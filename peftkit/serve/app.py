@@ -238,7 +238,7 @@ def _is_loopback(host: str) -> bool:
 
 def build_registry(args: argparse.Namespace) -> Registry:
     """The registry the command line describes, with its start-up adapters loaded."""
-    registry = Registry(base=args.model, quantization=args.quantization, adapter_dir=args.adapter_dir)
+    registry = Registry(base=args.model, quantization=args.quantization, adapter_dir=args.adapter_dir, device=args.device)
     specs = [parse_spec(s) for s in args.checkpoint or []]
     for spec in args.adapter or []:
         if "=" not in spec:

@@ -155,12 +155,9 @@ class Batcher:
         texts = [t for j in jobs for t in j.texts]
         names = [j.adapter.name for j in jobs for _ in j.texts]
         labels = [j.adapter.labels for j in jobs for _ in j.texts]
-        if first.mixable:
-            adapter_names = names
-        else:
-            adapter_names = None
-            if first.pool is not None:
-                first.model.set_adapter(first.name)
+        adapter_names = names if first.mixable and len(set(names)) > 1 else None
+        if adapter_names is None and first.pool is not None:  # one adapter: PEFT's plain path is faster than the mixed one
+            first.model.set_adapter(first.name)
         rows = predict_texts(first.model, first.tokenizer, first.task, texts, labels=labels, adapter_names=adapter_names,
                              batch_size=max(len(texts), 1), max_new_tokens=jobs[0].max_new_tokens)
         results, start = [], 0

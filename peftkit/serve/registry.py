@@ -123,8 +123,15 @@ def _mixable(model) -> bool:
 class Registry:
     """Adapters by name. Not thread-safe by itself: the server calls it from its one model thread."""
 
-    def __init__(self, base: str | None = None, quantization: str | None = None, adapter_dir: str | Path | None = None):
-        self.base, self.quantization = base, quantization
+    def __init__(self, base: str | None = None, quantization: str | None = None, adapter_dir: str | Path | None = None,
+                 device: str = "auto"):
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device={device!r}: use auto, cpu or cuda.")
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no GPU: use --device cpu (or auto).")
+        self.base, self.quantization, self.device = base, quantization, device
         self.adapter_dir = Path(adapter_dir).resolve() if adapter_dir else None
         if self.adapter_dir is not None and not self.adapter_dir.is_dir():
             raise ValueError(f"--adapter-dir {adapter_dir}: no such directory.")
@@ -222,6 +229,15 @@ class Registry:
 
         return _load_base({**meta, "base_model": base, "quantization": self.quantization or meta.get("quantization")})
 
+    def _place(self, model):
+        """``model`` in eval mode on the server's device (quantized models stay where bitsandbytes put them)."""
+        import torch
+
+        from ..introspect import is_quantized
+
+        device = self.device if self.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        return (model if is_quantized(model) else model.to(device)).eval()
+
     def _tokenizer(self, path: Path, base: str | None):
         from transformers import AutoTokenizer
 
@@ -240,7 +256,7 @@ class Registry:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(self._base_model(meta, base), str(path), adapter_name=name, is_trainable=False)
-            pool = Pool(key, model.eval(), tokenizer)
+            pool = Pool(key, self._place(model), tokenizer)
         else:
             if tokenizer.get_vocab() != pool.tokenizer.get_vocab():
                 raise AdapterError(f"{name}: its tokenizer differs from the one its base model is served with.")
@@ -265,4 +281,4 @@ class Registry:
         else:
             base = self._base_name(meta, name)
             model = load(path, base_model=self._base_model(meta, base))
-        return Adapter(name, path, meta["strategy"], meta["task"], _labels(meta), base, model.eval(), self._tokenizer(path, base))
+        return Adapter(name, path, meta["strategy"], meta["task"], _labels(meta), base, self._place(model), self._tokenizer(path, base))
