@@ -6,6 +6,7 @@ served predictions must equal `peftkit predict`'s, and mixed-adapter batches sin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -294,7 +295,12 @@ def test_run_time_loads_stay_inside_adapter_dir_and_read_only_safetensors(server
     broken = folder / "broken"
     shutil.copytree(assets["lora1"], broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    foreign = folder / "foreign"
+    shutil.copytree(assets["lora1"], foreign)
+    meta = json.loads((foreign / "peftkit_config.json").read_text())
+    (foreign / "peftkit_config.json").write_text(json.dumps({**meta, "base_model": str(assets["root"] / "elsewhere")}))
     cases = [
+        ({"name": "a", "path": "foreign"}, 403, "is not one this server serves"),
         ({"name": "a", "path": str(assets["root"] / "base-cls")}, 403, "not inside the adapter directory"),
         ({"name": "a", "path": "escape"}, 403, "not inside the adapter directory"),
         ({"name": "a", "path": "evil"}, 403, "link leading out"),
@@ -350,11 +356,11 @@ def test_serve_parser_is_light_and_checks_its_input(tmp_path):
 
 def test_sigterm_finishes_the_request_in_flight(assets):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PEFTKIT_API_KEY": "k3y"}
     proc = subprocess.Popen([sys.executable, "-m", "peftkit.cli", "serve", f"sentiment={assets['lora1']}", "--port", str(port),
                              "--max-wait-ms", "2500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": "Bearer k3y"})
         deadline = time.time() + 120
         while True:
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "no start"
@@ -363,6 +369,7 @@ def test_sigterm_finishes_the_request_in_flight(assets):
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/adapters").status_code == 401  # $PEFTKIT_API_KEY is on
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(client.post, "/v1/predict", json={"adapter": "sentiment", "inputs": TEXTS})
             time.sleep(0.8)  # the request now waits in the batcher (2.5 s window)

@@ -13,7 +13,7 @@
 
 Only safetensors weights are read. Checkpoints given at start-up are trusted (the operator
 named them); those loaded at run time must lie under ``adapter_dir``, every file of them too,
-after resolving symlinks. A failed load leaves the adapters already served as they were.
+after resolving symlinks, and use a base model already served. A failed load leaves the adapters already served as they were.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name.strip(), path.strip()
 
 
+def _same_path(base: str) -> str:
+    """A base model's name, absolute when it is a local folder (so one base is one pool)."""
+    return str(Path(base).resolve()) if Path(base).is_dir() else str(base)
+
+
 def _labels(meta: dict[str, Any]) -> list[str] | None:
     id2label, n = meta.get("id2label") or {}, meta.get("num_labels")
     if not n:
@@ -131,7 +136,7 @@ class Registry:
 
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but torch sees no GPU: use --device cpu (or auto).")
-        self.base, self.quantization, self.device = base, quantization, device
+        self.base, self.quantization, self.device = base and _same_path(base), quantization, device
         self.adapter_dir = Path(adapter_dir).resolve() if adapter_dir else None
         if self.adapter_dir is not None and not self.adapter_dir.is_dir():
             raise ValueError(f"--adapter-dir {adapter_dir}: no such directory.")
@@ -148,7 +153,7 @@ class Registry:
         return adapter
 
     def describe(self) -> list[dict[str, Any]]:
-        return [a.describe() for a in self.adapters.values()]
+        return [a.describe() for a in list(self.adapters.values())]
 
     # ------------------------------------------------------------------ paths
 
@@ -184,7 +189,9 @@ class Registry:
             meta = read_config(path)
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError) as err:
             raise AdapterError(f"{path if not runtime else name}: not a peftkit checkpoint ({type(err).__name__}).") from None
-        fmt = meta.get("format")
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("format", "strategy", "task")):
+            raise AdapterError(f"{name}: peftkit_config.json lacks format/strategy/task: re-save the checkpoint with peftkit.save.")
+        fmt = meta["format"]
         _check_safetensors(path, fmt)
         peft_type = None
         if fmt == "peft":
@@ -192,6 +199,8 @@ class Registry:
                 peft_type = json.loads((path / "adapter_config.json").read_text()).get("peft_type")
             except (OSError, json.JSONDecodeError):
                 raise AdapterError(f"{name}: the checkpoint's adapter_config.json is missing or not JSON.") from None
+        if runtime and fmt != "full":
+            self._check_served_base(self._base_name(meta, name), name)
         try:
             adapter = self._load_pooled(name, path, meta) if peft_type == "LORA" else self._load_alone(name, path, meta)
         except AdapterError:
@@ -222,7 +231,15 @@ class Registry:
         base = self.base or meta.get("base_model")
         if not base:
             raise AdapterError(f"{name}: the checkpoint names no base model; start the server with --model BASE.")
-        return str(base)
+        return _same_path(base)
+
+    def _check_served_base(self, base: str, name: str) -> None:
+        """Run-time loads may only use a base model already served (or --model): a checkpoint's
+        config must not make the server read models from outside the adapter directory."""
+        served = {self.base} | {a.base for a in list(self.adapters.values())}
+        if base not in served:
+            raise AdapterError(f"{name}: its base model {base!r} is not one this server serves; start the server "
+                               "with --model BASE (or an adapter on that base).", 403)
 
     def _base_model(self, meta: dict[str, Any], base: str):
         from ..checkpoint import _load_base
