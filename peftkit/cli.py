@@ -240,34 +240,16 @@ def _load_checkpoint(path: str, base_model: str | None):
 
 def predict(model, tokenizer, task: str, texts: list[str], batch_size: int = 32, max_new_tokens: int = 32) -> list[dict[str, Any]]:
     """Predictions for raw texts: a label (classification), word labels (token classification)
-    or a generated continuation (causal LM)."""
-    import torch
+    or a generated continuation (causal LM); `peftkit.prediction.predict_texts` does the work."""
+    from .prediction import predict_texts
 
+    rows = predict_texts(model, tokenizer, task, texts, batch_size=16 if task == "causal-lm" else batch_size,
+                         max_new_tokens=max_new_tokens)
     if task == "causal-lm":
-        from .tasks import get_task
-
-        return [{"text": t, "generated": g} for t, g in zip(texts, get_task(task).generate(model, tokenizer, texts, max_new_tokens=max_new_tokens), strict=True)]
-    id2label = getattr(model.config, "id2label", None) or {}
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i : i + batch_size]
-        words = [t.split() for t in chunk] if task == "token-classification" else None
-        enc = tokenizer(words or chunk, is_split_into_words=words is not None, truncation=True, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float()
-        probs = logits.softmax(-1)
-        for j, text in enumerate(chunk):
-            if task == "classification":
-                k = int(probs[j].argmax())
-                out.append({"text": text, "label": id2label.get(k, str(k)), "score": round(float(probs[j, k]), 4)})
-            else:
-                labels, seen = [], set()
-                for pos, w in enumerate(enc.word_ids(j)):
-                    if w is not None and w not in seen:
-                        seen.add(w)
-                        labels.append(id2label.get(int(probs[j, pos].argmax()), "?"))
-                out.append({"text": text, "tokens": words[j], "labels": labels + ["O"] * (len(words[j]) - len(labels))})
-    return out
+        return [{"text": t, "generated": r["generated"]} for t, r in zip(texts, rows, strict=True)]
+    if task == "classification":
+        return [{"text": t, "label": r["label"], "score": round(r["score"], 4)} for t, r in zip(texts, rows, strict=True)]
+    return [{"text": t, "tokens": r["tokens"], "labels": r["labels"]} for t, r in zip(texts, rows, strict=True)]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -365,6 +347,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "ls": ("list strategies and recipes", _setup_ls),
     "plan": ("predict training memory per strategy and recommend one", lambda p: _lazy_setup("memory", "setup_plan_parser", p)),
     "bench": ("run a benchmark suite, or rebuild its report (--report DIR)", lambda p: _lazy_setup("bench", "setup_bench_parser", p)),
+    "serve": ("serve adapters over HTTP", lambda p: _lazy_setup("serve", "setup_serve_parser", p)),
 }
 
 

@@ -167,8 +167,12 @@ class CausalLMTask(Task):
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-        """Greedy answers to ``prompts`` (laid out as in training), decoded without special tokens."""
+    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 16,
+                 adapter_names: list[str] | None = None) -> list[str]:
+        """Greedy answers to ``prompts`` (laid out as in training), decoded without special tokens.
+
+        ``adapter_names`` (one per prompt) selects each prompt's LoRA adapter in a PEFT model that
+        holds several (PEFT's mixed-batch inference)."""
         from transformers import GenerationConfig
 
         model = getattr(model, "module", model)  # DDP-wrapped
@@ -184,7 +188,8 @@ class CausalLMTask(Task):
                 width = max(len(x) for x in ids)
                 input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # left padding
                 mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+                extra = {} if adapter_names is None else {"adapter_names": list(adapter_names[i : i + batch_size])}
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)
                 for row in out[:, width:].tolist():
                     cut = next((j for j, t in enumerate(row) if t in stops), len(row))
                     answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
