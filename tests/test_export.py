@@ -233,3 +233,15 @@ def test_export_command_and_module_import_no_onnx():
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
+
+
+def test_onnx_export_without_the_onnx_packages_names_the_install_line(bert, monkeypatch):
+    import importlib.util
+
+    from peftkit.export import ExportRefused, export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ExportRefused, match=r"needs onnxruntime: pip install 'peftkit\[export\]'"):
+        export(bert["lora"], bert["root"] / "no-ort", format="onnx-int8")
+    assert not (bert["root"] / "no-ort").exists()

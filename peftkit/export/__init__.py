@@ -59,8 +59,11 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str
             raise ExportRefused(report.problems, report, f"{checkpoint} cannot be served as a vLLM/TGI LoRA adapter")
         writer = lambda tmp: write_vllm(tmp, checkpoint, meta, base_model, report, config)  # noqa: E731
     else:
+        from .onnx import require_onnx
         from .torch_side import load_reference, reference_outputs
 
+        if format.startswith("onnx"):
+            require_onnx()  # before the model loads
         model, tokenizer, meta = load_reference(checkpoint, base_model)
         ref = reference_outputs(model, tokenizer, meta["task"], eval_file, text_column, label_column, max_length)
         if format == "merged":

@@ -8,6 +8,7 @@ exported without a KV cache (full-sequence logits); for cached generation use vL
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,15 @@ from .torch_side import MODEL_INPUTS, Reference, compare, merge_for_export, reco
 
 MODEL_FILE = "model.onnx"
 EXPORT_TASKS = ("classification", "token-classification", "causal-lm")
+
+
+def require_onnx() -> None:
+    """Refuse, naming the install line, when onnx / onnxruntime / onnxscript are missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportRefused([f"ONNX export needs {', '.join(missing)}: pip install 'peftkit[export]'"])
 
 
 def session(path: str | Path):
@@ -98,7 +108,14 @@ def write_onnx(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Export
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fp32), str(tmp / MODEL_FILE), weight_type=QuantType.QInt8)
+        # ORT's advice to pre-process first is silenced: its symbolic shape inference fails on dynamo graphs.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(fp32), str(tmp / MODEL_FILE), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         fp32.unlink()
         predict = predictor(session(tmp / MODEL_FILE))
         report.metrics["fp32_max_abs_logit_diff"] = report.metrics["max_abs_logit_diff"]
