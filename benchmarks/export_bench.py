@@ -1,7 +1,7 @@
 """Serving speed of one SST-2 LoRA classifier exported three ways: merged PyTorch fp32, ONNX fp32, ONNX int8.
 
     PEFTKIT_DATA_DIR=/path/to/data python benchmarks/export_bench.py            # full run (idle machine)
-    python benchmarks/export_bench.py --quick --output /tmp/export-quick         # smoke run, seconds
+    python benchmarks/export_bench.py --quick                                   # smoke run (results in /tmp)
     python benchmarks/export_bench.py --checkpoint runs/sst2/best                # skip the training
 
 Without --checkpoint, a LoRA adapter is trained on the packaged MiniLM (all-MiniLM-L6-v2) for
@@ -65,8 +65,8 @@ def train_adapter(work: Path, steps: int, train_rows: int | None) -> Path:
     set_seed(0)
     model, tokenizer = peftkit.load_model(_minilm(), task="classification", labels=label_names(data, "classification"))
     model = peftkit.wrap(model, "lora", target_modules="all-linear")
-    config = peftkit.TrainConfig(output_dir=str(work / "run"), max_steps=steps, batch_size=32, lr=1e-3, cpu=True,
-                                 eval_steps=steps, progress=False, save_total_limit=1)
+    config = peftkit.TrainConfig(output_dir=str(work / "run"), max_steps=steps, batch_size=32, lr=1e-3, eval_steps=steps,
+                                 progress=False, save_total_limit=1)
     result = peftkit.train(model, tokenizer, data, config)
     print(f"export_bench: trained {steps} steps, validation {result.metrics}", flush=True)
     return Path(result.final_checkpoint or result.best_checkpoint)
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = 64 if args.quick else None
     steps, repeats, batch1_calls = (5, 1, 32) if args.quick else (args.steps, args.repeats, 872)
-    output = Path(args.output or ROOT / "benchmarks" / "results" / "serve")
+    default = tempfile.mkdtemp(prefix="export-bench-quick-") if args.quick else ROOT / "benchmarks" / "results" / "serve"
+    output = Path(args.output or default)  # a quick run never lands in the results folder unless asked
     with tempfile.TemporaryDirectory(prefix="export-bench-") as scratch:
         work = Path(args.work or scratch)
         checkpoint = Path(args.checkpoint) if args.checkpoint else train_adapter(work, steps, 512 if args.quick else None)
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     (output / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     (output / "export.md").write_text(markdown(result))
     print(markdown(result))
+    print(f"export_bench: wrote {output / 'export.md'} and {output / 'export.json'}")
     return 0
 
 
