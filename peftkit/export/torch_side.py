@@ -55,11 +55,12 @@ def torch_logits(model, batch: dict[str, Any], task: str):
     """Logits (numpy float32) of a wrapped or plain model on a numpy batch."""
     import torch
 
-    kwargs = {k: torch.from_numpy(v) for k, v in batch.items()}
+    device = next(model.parameters()).device  # a quantized base may sit on the GPU
+    kwargs: dict[str, Any] = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
     if task == "causal-lm":
         kwargs["use_cache"] = False
     with torch.no_grad():
-        return model(**kwargs).logits.float().numpy()
+        return model(**kwargs).logits.float().cpu().numpy()
 
 
 def max_difference(reference, other, attention_mask) -> float:
