@@ -245,3 +245,16 @@ def test_onnx_export_without_the_onnx_packages_names_the_install_line(bert, monk
     with pytest.raises(ExportRefused, match=r"needs onnxruntime: pip install 'peftkit\[export\]'"):
         export(bert["lora"], bert["root"] / "no-ort", format="onnx-int8")
     assert not (bert["root"] / "no-ort").exists()
+
+
+def test_causal_lm_merged_export_generates_and_encoder_decoders_are_refused_for_onnx(llama, tmp_path):
+    from peftkit.export import ExportRefused, export
+
+    ckpt = _checkpoint(llama["base"], llama["root"] / "merge-lm", task="causal-lm")
+    report = export(ckpt, llama["root"] / "merged-lm")
+    assert report.ok and report.metrics["max_abs_logit_diff"] < 1e-4
+    assert any(c["check"] == "transformers pipeline loads it and generates" and c["ok"] for c in report.checks)
+    t5 = _checkpoint(tiny_model_dir(tmp_path, "t5", "seq2seq-lm", pad_token=True), tmp_path / "t5-lora", task="seq2seq-lm")
+    with pytest.raises(ExportRefused, match="seq2seq-lm .encoder-decoder. needs a decoder loop.*--format merged"):
+        export(t5, tmp_path / "t5-onnx", format="onnx")
+    assert not (tmp_path / "t5-onnx").exists()

@@ -63,7 +63,7 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str
         from .torch_side import load_reference, reference_outputs
 
         if format.startswith("onnx"):
-            require_onnx()  # before the model loads
+            require_onnx(meta.get("task"))  # before the model loads
         model, tokenizer, meta = load_reference(checkpoint, base_model)
         ref = reference_outputs(model, tokenizer, meta["task"], eval_file, text_column, label_column, max_length)
         if format == "merged":

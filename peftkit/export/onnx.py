@@ -20,10 +20,14 @@ MODEL_FILE = "model.onnx"
 EXPORT_TASKS = ("classification", "token-classification", "causal-lm")
 
 
-def require_onnx() -> None:
-    """Refuse, naming the install line, when onnx / onnxruntime / onnxscript are missing."""
+def require_onnx(task: str) -> None:
+    """Refuse, before any model loads, a task the ONNX export does not cover, or missing onnx packages."""
     import importlib.util
 
+    if task not in EXPORT_TASKS:
+        raise ExportRefused([f"ONNX export covers {', '.join(EXPORT_TASKS)} models; {task} (encoder-decoder) needs a "
+                             "decoder loop that optimum's exporter writes (pip install optimum[onnxruntime]); "
+                             "use --format merged instead"])
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportRefused([f"ONNX export needs {', '.join(missing)}: pip install 'peftkit[export]'"])
@@ -69,10 +73,6 @@ def trace_to_onnx(model, task: str, strategy: str, example: dict[str, Any], path
     """Write ``model`` (its logits) to ``path`` with dynamic batch and sequence axes; ExportRefused if it does not trace."""
     import torch
 
-    if task not in EXPORT_TASKS:
-        raise ExportRefused([f"ONNX export covers {', '.join(EXPORT_TASKS)} models; {task} (encoder-decoder) needs a "
-                             "decoder loop that optimum's exporter writes (pip install optimum[onnxruntime]); "
-                             "use --format merged instead"])
     names = tuple(k for k in MODEL_INPUTS if k in example)
     args = tuple(torch.from_numpy(example[k]) for k in names)
     dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")},)

@@ -20,7 +20,8 @@ SAMPLE_TEXTS = [
     "great",
     "it was ok",
 ]
-PIPELINE_TASKS = {"classification": "text-classification", "token-classification": "token-classification"}
+PIPELINE_TASKS = {"classification": "text-classification", "token-classification": "token-classification",
+                  "causal-lm": "text-generation"}  # transformers 5 has no seq2seq pipeline
 
 
 def load_reference(checkpoint: Path, base_model: str | None):
@@ -57,8 +58,10 @@ def torch_logits(model, batch: dict[str, Any], task: str):
 
     device = next(model.parameters()).device  # a quantized base may sit on the GPU
     kwargs: dict[str, Any] = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-    if task == "causal-lm":
+    if task in ("causal-lm", "seq2seq-lm"):
         kwargs["use_cache"] = False
+    if task == "seq2seq-lm":  # any fixed decoder input compares two models
+        kwargs["decoder_input_ids"] = kwargs["input_ids"]
     with torch.no_grad():
         return model(**kwargs).logits.float().cpu().numpy()
 
@@ -199,13 +202,21 @@ def write_merged(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Expo
     if task in PIPELINE_TASKS:
         _check_pipeline(tmp, task, label_list(reloaded), report)
     record_eval(report, ref, lambda b: torch_logits(reloaded, b, task))
-    report.serve.append(f"transformers.pipeline({PIPELINE_TASKS.get(task, 'text-generation')!r}, model={report.output!r})")
+    if task in PIPELINE_TASKS:
+        report.serve.append(f"transformers.pipeline({PIPELINE_TASKS[task]!r}, model={report.output!r})")
+    else:
+        report.serve.append(f"transformers.{type(reloaded).__name__}.from_pretrained({report.output!r})")
 
 
 def _check_pipeline(folder: Path, task: str, names: list[str], report: ExportReport) -> None:
     from transformers import pipeline
 
     pipe = pipeline(PIPELINE_TASKS[task], model=str(folder), tokenizer=str(folder), device="cpu")
+    if task == "causal-lm":
+        out = pipe(SAMPLE_TEXTS[1], max_new_tokens=2, do_sample=False)
+        text = out[0].get("generated_text") if out else None
+        report.check("transformers pipeline loads it and generates", isinstance(text, str), f"'text-generation' -> {text!r}")
+        return
     out = pipe(SAMPLE_TEXTS[1])
     label = (out[0] if out else {}).get("label") if task == "classification" else (out[0]["entity"] if out else None)
     ok = label is None or label in names

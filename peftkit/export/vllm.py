@@ -93,8 +93,8 @@ def check_adapter(folder: Path, meta: dict[str, Any], base_model: str | None, re
     task_type = config.get("task_type")
     report.check("a causal-LM adapter", task_type in (None, "CAUSAL_LM"),
                  f"task_type {task_type}" + ("" if task_type in (None, "CAUSAL_LM") else
-                                              ": peftkit's vLLM export covers causal-LM adapters (a classifier's trained head "
-                                              "sits in modules_to_save, which vLLM does not load); export --format merged or onnx"))
+                                              ": peftkit's vLLM export covers causal-LM adapters only; export --format "
+                                              "merged (or onnx for a classifier)"))
     missing = [k for k in ("r", "lora_alpha", "target_modules") if config.get(k) in (None, [], "")]
     report.check("r, lora_alpha and target_modules present", not missing, f"missing {missing}" if missing else
                  f"r={config['r']}, lora_alpha={config['lora_alpha']}, target_modules={_short(config['target_modules'])}")
