@@ -348,6 +348,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "plan": ("predict training memory per strategy and recommend one", lambda p: _lazy_setup("memory", "setup_plan_parser", p)),
     "bench": ("run a benchmark suite, or rebuild its report (--report DIR)", lambda p: _lazy_setup("bench", "setup_bench_parser", p)),
     "serve": ("serve adapters over HTTP", lambda p: _lazy_setup("serve", "setup_serve_parser", p)),
+    "export": ("export a checkpoint: merged, ONNX, ONNX int8, or a vLLM-ready LoRA", lambda p: _lazy_setup("export", "setup_export_parser", p)),
 }
 
 
