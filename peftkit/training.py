@@ -63,7 +63,13 @@ class TrainConfig:
     Length of training: ``epochs=None`` (the default) trains 3 epochs, or more when 3 epochs
     would make fewer than ``min_steps`` optimizer steps (small data): enough epochs to reach
     ``min_steps``. Given explicitly, ``epochs`` (or ``max_steps``) is obeyed as is.
-    MIN_STEPS_NOTE
+    ``min_steps=150`` was measured on SST-2 with the packaged MiniLM and LoRA (lr 5e-4, batch 16, the
+    best of 400 validation sentences scored on 400 test ones): 160 rows, 3 epochs (30 steps) 0.60, loss
+    stuck at ln 2; 15 epochs (150 steps, the new default) 0.78; 30 epochs (300 steps) 0.75 (over-fit).
+    300 rows: 8 epochs (152 steps) 0.77. 1,000 rows: 3 epochs (189 steps, unchanged) 0.81. From
+    about 800 rows on (batch 16) the default stays 3 epochs, so 100k rows train as before.
+    At the end, a validation loss never below 97% of the training labels' entropy (the loss of
+    predicting the label frequencies) is warned about: such a run learned next to nothing.
 
     ``overwrite=True`` replaces an earlier run found in ``output_dir`` (only the files and folders
     peftkit writes there); without it such a directory is refused, unless resuming. A resumed run
@@ -611,7 +617,7 @@ class _Run:
 
         info = wrap_info(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        identity = {k: v for k, v in self.identity.items() if k not in ("config", "data")}
+        identity = {k: v for k, v in self.identity.items() if k not in ("config", "data", "task")}
         resolved = {
             "epochs_resolved": None if self.config.max_steps else self.epochs, "total_steps": self.total_steps,
             "warmup_steps": warmup, "lr_resolved": self.lr, "metric_for_best_resolved": self.metric,
