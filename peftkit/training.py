@@ -824,7 +824,6 @@ class _Run:
         accelerator.wait_for_everyone()
         return TrainResult(metrics, self.state.history, best_dir, final_dir, split, self.log.rows)
 
-
     # ---- what the output tells
 
     def _write_card(self, folder: Path, metrics: dict[str, float] | None = None, split: str = "test") -> None:

@@ -173,14 +173,6 @@ def test_overwrite_leaves_an_unknown_best_folder_alone(tmp_path):
     assert (tmp_path / "best" / "photo.jpg").is_file() and (tmp_path / "metrics.json").is_file()
 
 
-def test_the_bench_cell_overwrites_its_own_training_folder():
-    import inspect
-
-    from peftkit.bench import cell
-
-    assert "overwrite=True" in inspect.getsource(cell.run_cell)
-
-
 # ----------------------------------------------------------------------------- item 7: no temporaries left
 
 
