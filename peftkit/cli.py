@@ -100,6 +100,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every epoch)")
     p.add_argument("--save-steps", type=int, help="write a resumable checkpoint every N steps")
     p.add_argument("--resume", nargs="?", const=True, default=None, help="resume from CHECKPOINT, or the latest one under --output")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an earlier run in --output (only the files peftkit wrote there)")
     p.add_argument("--gradient-accumulation-steps", type=int)
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
@@ -117,6 +119,7 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "resume": "resume_from_checkpoint", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_checkpointing": "gradient_checkpointing", "mixed_precision": "mixed_precision",
     "early_stopping_patience": "early_stopping_patience", "report_to": "report_to", "cpu": "cpu", "output": "output_dir",
+    "overwrite": "overwrite",
 }
 
 
@@ -176,6 +179,7 @@ def run_training(args: argparse.Namespace, **config_defaults: Any):
     from .data import label_names
     from .introspect import check_task
     from .loading import load_model
+    from .runreport import command_line
     from .training import train
 
     if not args.model:
@@ -188,7 +192,9 @@ def run_training(args: argparse.Namespace, **config_defaults: Any):
     set_seed(config.seed)  # the new task head is initialised from the seed too
     model, tokenizer = load_model(args.model, task=task, labels=label_names(data, task), quantization=args.quantization)
     model = wrap(model, args.strategy, task=task, **strategy_options_from_args(args))
-    return train(model, tokenizer, data, config, task=task), model
+    run_info = {"command": command_line(), "model": args.model, "quantization": args.quantization,
+                "data": {name: getattr(args, name) for name in ("data", "train", "validation", "test")}}
+    return train(model, tokenizer, data, config, task=task, run_info=run_info), model
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -8,9 +8,14 @@
   ``batch_size * num_processes`` examples (grouped by length, seeded) and splits it across
   processes, so the same seed gives the same batches on one process or many.
 - Output directory: ``train_log.jsonl`` and ``train_log.csv`` (loss, lr, throughput, eval
-  metrics), ``best/`` (the best model so far, written with `peftkit.save`),
+  metrics), ``train_log.png`` (their plot), ``run_config.yaml`` (how the run was made),
+  ``best/`` (the best model so far, written with `peftkit.save`, with a model card README.md),
   ``checkpoints/step-N/`` (``accelerator.save_state`` + ``trainer_state.json``, each renamed
   into place once complete), ``metrics.json`` (final test metrics).
+- One run per output directory (`peftkit.rundir`): a lock refuses a second run while one
+  trains; an earlier run's outputs are never trained over unless ``resume_from_checkpoint``
+  continues it (same settings, model and data, else refused naming what differs) or
+  ``overwrite=True`` replaces it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import shutil
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,9 @@ SCHEDULERS = ("linear", "cosine")
 PRECISIONS = ("no", "bf16", "fp16")
 STATE_FILE = "trainer_state.json"
 BEST_STATE_FILE = "best_trainable.safetensors"
+DEFAULT_EPOCHS = 3
+MIN_STEPS_DEFAULT = 150
+CHANCE_MARGIN = 0.97  # a validation loss above 97% of the label entropy: learned (next to) nothing
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,11 +59,30 @@ class TrainConfig:
     epoch; ``metric_for_best=None`` uses the task's main metric. ``resume_from_checkpoint`` is a
     checkpoint directory, or True for the latest one under ``output_dir/checkpoints``.
     ``mixed_precision=None`` keeps what ``accelerate launch`` configured (else "no").
+
+    Length of training: ``epochs=None`` (the default) trains 3 epochs, or more when 3 epochs
+    would make fewer than ``min_steps`` optimizer steps (small data): enough epochs to reach
+    ``min_steps``. Given explicitly, ``epochs`` (or ``max_steps``) is obeyed as is.
+    ``min_steps=150`` was measured on SST-2 with the packaged MiniLM and LoRA (lr 5e-4, batch 16, the
+    best of 400 validation sentences scored on 400 test ones): 160 rows, 3 epochs (30 steps) 0.60, loss
+    stuck at ln 2; 15 epochs (150 steps, the new default) 0.78; 30 epochs (300 steps) 0.75 (over-fit).
+    300 rows: 8 epochs (152 steps) 0.77. 1,000 rows: 3 epochs (189 steps, unchanged) 0.81. From
+    about 800 rows on (batch 16) the default stays 3 epochs, so 100k rows train as before.
+    At the end, a validation loss never below 97% of the training labels' entropy (the loss of
+    predicting the label frequencies) is warned about: such a run learned next to nothing.
+
+    ``overwrite=True`` replaces an earlier run found in ``output_dir`` (only the files and folders
+    peftkit writes there); without it such a directory is refused, unless resuming. A resumed run
+    must match the checkpoint's run in every field except those in
+    `peftkit.rundir.NOT_COMPARED` (output_dir, resume_from_checkpoint, overwrite, progress,
+    log_every, eval_batch_size, report_to, sample_generations, save_steps, save_total_limit,
+    device, cpu, gradient_checkpointing), and in model, strategy, options, task and data.
     """
 
     output_dir: str = "peftkit-output"
     seed: int = 0
-    epochs: int = 3
+    epochs: int | None = None
+    min_steps: int = MIN_STEPS_DEFAULT
     max_steps: int | None = None
     batch_size: int = 16
     eval_batch_size: int | None = None
@@ -83,6 +110,7 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     sample_generations: int = 1
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -95,8 +123,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise bad(name, "must be a positive integer, or None to leave it off.")
-        if self.epochs < 1 and not self.max_steps:
-            raise bad("epochs", "must be at least 1 (or set max_steps).")
+        if self.epochs is not None and self.epochs < 1 and not self.max_steps:
+            raise bad("epochs", "must be at least 1 (or set max_steps; None picks it from the data size).")
+        if int(self.min_steps) < 0:
+            raise bad("min_steps", "must be 0 or more.")
+        if self.overwrite and self.resume_from_checkpoint:
+            raise bad("overwrite", "and resume_from_checkpoint contradict each other: resume the run in output_dir, "
+                                   "or overwrite it, not both.")
         if self.scheduler not in SCHEDULERS:
             raise bad("scheduler", f"choose one of {', '.join(SCHEDULERS)}.")
         if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
@@ -471,28 +504,52 @@ def _save_model(model: nn.Module, tokenizer, path: Path) -> None:
             tokenizer.save_pretrained(tmp)
 
 
-def train(model: nn.Module, tokenizer, data, config: TrainConfig, task=None) -> TrainResult:
+def train(model: nn.Module, tokenizer, data, config: TrainConfig, task=None, *,
+          run_info: dict[str, Any] | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data`` (a DatasetDict from `peftkit.data.load_data`).
 
     ``task`` is a task name or a `peftkit.tasks` Task; by default the model's own task. Whatever
     parameters require grad are trained; the strategy that chose them does not matter here.
+    ``run_info``: what the caller knows beyond these objects, for ``run_config.yaml`` and the
+    model card: ``command`` (default: this process's command line), ``model`` (path or hub id),
+    ``quantization``, ``data`` (``{"train": file, ...}``; files are recorded with their sha256).
     """
-    run = _Run(model, tokenizer, data, config, _resolve_task(task, model))
-    run.loop()
-    return run.finish()
+    task = _resolve_task(task, model)
+    with _claim_output_dir(config):
+        run = _Run(model, tokenizer, data, config, task, run_info)
+        run.loop()
+        return run.finish()
+
+
+@contextmanager
+def _claim_output_dir(config: TrainConfig):
+    """Lock the output directory and make it ready (main process; see `peftkit.rundir`)."""
+    from .rundir import output_lock, prepare_output_dir
+
+    if int(os.environ.get("RANK", "0")) != 0:  # the other processes of a launch share rank 0's claim
+        yield
+        return
+    with output_lock(config.output_dir):
+        for note in prepare_output_dir(config.output_dir, resume=bool(config.resume_from_checkpoint), overwrite=config.overwrite):
+            print(f"peftkit: {note}")
+        yield
 
 
 class _Run:
     """One training run: set up by __init__, trained by `loop`, evaluated on test by `finish`."""
 
-    def __init__(self, model: nn.Module, tokenizer, data, config: TrainConfig, task):
+    def __init__(self, model: nn.Module, tokenizer, data, config: TrainConfig, task, run_info: dict[str, Any] | None = None):
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
         from .introspect import fit_max_length
+        from .rundir import run_identity
 
+        # Within the model's position limit; the caller's config is left as it was given.
+        config = replace(config, max_length=fit_max_length(model, tokenizer, config.max_length))
         self.config, self.task, self.tokenizer, self.data = config, task, tokenizer, data
         self.out_dir = Path(config.output_dir)
+        self.identity = run_identity(config, model, task, data)
         resume_dir = self._resume_dir()
         self.accelerator = accelerator = _make_accelerator(config)
         set_seed(config.seed)
@@ -500,7 +557,6 @@ class _Run:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if "train" not in data or len(data["train"]) == 0:
             raise ValueError(f"The data has no training examples (splits: { {k: len(v) for k, v in data.items()} }).")
-        config.max_length = fit_max_length(model, tokenizer, config.max_length)  # within the position limit
         with accelerator.main_process_first():
             prepared = task.prepare(data, tokenizer, max_length=config.max_length)
         collate, world = task.collator(tokenizer), accelerator.num_processes
@@ -516,7 +572,9 @@ class _Run:
             _enable_checkpointing(model)
         self.lr = resolve_learning_rate(model, config)
         optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=self.lr)
-        self.total_steps = config.max_steps or math.ceil(len(train_dl) / config.gradient_accumulation_steps) * config.epochs
+        steps_per_epoch = math.ceil(len(train_dl) / config.gradient_accumulation_steps)
+        self.epochs = resolve_epochs(config, steps_per_epoch)
+        self.total_steps = config.max_steps or steps_per_epoch * self.epochs
         warmup = int(config.warmup_ratio * self.total_steps)
         scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
         prepared_objects = accelerator.prepare(model, optimizer, train_dl, scheduler, *loaders.values())
@@ -545,6 +603,42 @@ class _Run:
         if config.report_to == "tensorboard":
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in asdict(config).items()}
             accelerator.init_trackers("peftkit", config=flat)
+        self.chance = _chance_loss(task, prepared["train"])
+        self.record = self._record(model, run_info or {}, resume_dir, warmup)
+        if accelerator.is_main_process:
+            from .runreport import write_run_config
+
+            write_run_config(self.out_dir / "run_config.yaml", self.record)
+            if resume_dir is not None:
+                print(f"peftkit: resumed from checkpoint {resume_dir} (step {self.state.step} of {self.total_steps}, "
+                      f"epoch {self._epoch_position():g})")
+
+    def _record(self, model: nn.Module, run_info: dict[str, Any], resume_dir: Path | None, warmup: int) -> dict[str, Any]:
+        """What run_config.yaml and the model cards say about this run."""
+        from .runreport import command_line, data_files, library_versions, timestamp
+        from .strategies import wrap_info
+
+        info = wrap_info(model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        identity = {k: v for k, v in self.identity.items() if k not in ("config", "data", "task")}
+        resolved = {
+            "epochs_resolved": None if self.config.max_steps else self.epochs, "total_steps": self.total_steps,
+            "warmup_steps": warmup, "lr_resolved": self.lr, "metric_for_best_resolved": self.metric,
+            "greater_is_better_resolved": self.greater, "num_processes": self.accelerator.num_processes,
+            "device_resolved": str(self.accelerator.device), "mixed_precision_resolved": str(self.accelerator.mixed_precision),
+        }
+        return json.loads(json.dumps({
+            "command": run_info.get("command") or command_line(),
+            "started": timestamp(),
+            "resumed_from": str(resume_dir) if resume_dir is not None else None,
+            "versions": library_versions(),
+            "model": {**identity, "path": run_info.get("model"), "format": info.format if info else "full",
+                      "quantization": run_info.get("quantization"), "trainable_parameters": trainable,
+                      "total_parameters": sum(p.numel() for p in model.parameters())},
+            "task": self.identity["task"],
+            "data": {"files": data_files(run_info.get("data")), "splits": self.identity["data"]},
+            "train": {**asdict(self.config), **resolved},
+        }, default=str))
 
     # ---- resuming
 
@@ -558,6 +652,9 @@ class _Run:
                 f"No complete checkpoint at {folder or self.out_dir / 'checkpoints'} to resume from (a complete one "
                 f"holds {STATE_FILE}). Train with save_steps set to write checkpoints, or drop resume_from_checkpoint."
             )
+        from .rundir import check_resume_identity
+
+        check_resume_identity(folder, json.loads((folder / STATE_FILE).read_text()).get("run"), self.identity)
         return folder
 
     def _resume(self, folder: Path) -> None:
@@ -635,7 +732,7 @@ class _Run:
                 state.batches_in_epoch = 0
                 if "validation" in self.loaders and not config.eval_steps:
                     stop = self.evaluate_and_keep_best()
-                stop = stop or (not config.max_steps and state.epoch >= config.epochs)
+                stop = stop or (not config.max_steps and state.epoch >= self.epochs)
         progress.close()
         if "validation" in self.loaders and (not state.history or state.history[-1]["step"] != state.step):
             self.evaluate_and_keep_best()  # the model training ended with competes for best too
@@ -656,6 +753,7 @@ class _Run:
             self.best_weights = {n: p.detach().cpu().clone() for n, p in self.raw_model.named_parameters() if p.requires_grad}
             if accelerator.is_main_process:
                 _save_model(self.raw_model, self.tokenizer, self.out_dir / "best")
+                self._write_card(self.out_dir / "best")
         else:
             state.bad_evals += 1
         sample = _generated_sample(self.task, self.raw_model, self.tokenizer, self.data, self.config, accelerator)
@@ -678,13 +776,19 @@ class _Run:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        try:
+            accelerator.save_state(str(tmp))
+            if accelerator.is_main_process:
+                state.log = self.log.rows
+                if self.best_weights is not None:
+                    save_file(self.best_weights, str(tmp / BEST_STATE_FILE))
+                saved = {"state": asdict(state), "config": asdict(self.config), "run": self.identity}
+                (tmp / STATE_FILE).write_text(json.dumps(saved, indent=1, default=str))
+        except BaseException:  # a full disk, an interrupt: no half-written checkpoint stays behind
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if accelerator.is_main_process:
-            state.log = self.log.rows
-            if self.best_weights is not None:
-                save_file(self.best_weights, str(tmp / BEST_STATE_FILE))
-            saved = {"state": asdict(state), "config": asdict(self.config)}
-            (tmp / STATE_FILE).write_text(json.dumps(saved, indent=1, default=str))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             older = sorted((p for p in final.parent.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
@@ -705,15 +809,62 @@ class _Run:
         best_dir = out_dir / "best" if self.best_weights is not None else None
         final_dir = best_dir if (best_dir is not None and config.load_best_at_end) else out_dir / "final"
         if accelerator.is_main_process:
+            from .runreport import plot_log
+
             if final_dir != best_dir:
                 _save_model(self.raw_model, self.tokenizer, final_dir)
             (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             if split != "test":
                 print(f"peftkit: the data has no test split; final metrics are on the validation split: {metrics}")
+            if best_dir is not None:
+                self._write_card(best_dir, metrics if final_dir == best_dir else None, split)
+            if final_dir != best_dir:
+                self._write_card(final_dir, metrics, split)
+            plot_log(self.log.rows, out_dir / "train_log.png")
+        self._warn_if_chance()
         if config.report_to == "tensorboard":
             accelerator.end_training()
         accelerator.wait_for_everyone()
         return TrainResult(metrics, self.state.history, best_dir, final_dir, split, self.log.rows)
+
+    # ---- what the output tells
+
+    def _write_card(self, folder: Path, metrics: dict[str, float] | None = None, split: str = "test") -> None:
+        from .runreport import write_model_card
+
+        state = self.state
+        best = ({self.metric: state.best_metric, "step": state.best_step} if state.best_metric is not None else None)
+        write_model_card(folder, self.record, best=best, final=metrics, split=split)
+
+    def _warn_if_chance(self) -> None:
+        """Warn when validation never beat predicting the label frequencies (`CHANCE_MARGIN`)."""
+        losses = [r["eval_loss"] for r in self.state.history if isinstance(r.get("eval_loss"), (int, float))]
+        if self.chance is None or not losses or min(losses) < CHANCE_MARGIN * self.chance:
+            return
+        message = (
+            f"The validation loss never went below {min(losses):.4f}, while predicting the training label "
+            f"frequencies scores {self.chance:.4f} (their entropy): the model learned next to nothing in "
+            f"{self.total_steps} steps at lr {self.lr:g}. Train longer (epochs, max_steps or min_steps), raise the "
+            "learning rate (lr), or check that the labels match the texts."
+        )
+        if self.accelerator.is_main_process:
+            warnings.warn(message, stacklevel=4)
+
+
+def resolve_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
+    """``config.epochs``, or (None) 3 epochs, more when needed to reach ``config.min_steps`` steps."""
+    if config.epochs is not None:
+        return int(config.epochs)
+    return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / max(1, steps_per_epoch)))
+
+
+def _chance_loss(task, prepared) -> float | None:
+    """The label entropy of the prepared training split (classification tasks), else None."""
+    if getattr(task, "name", None) not in ("classification", "token-classification") or "labels" not in prepared.column_names:
+        return None
+    from .runreport import chance_loss
+
+    return chance_loss(prepared["labels"])
 
 
 class _Window:

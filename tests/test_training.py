@@ -230,6 +230,10 @@ def test_tensorboard_tracker(assets, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_model(assets, tmp_path):
     _train(assets, tmp_path, epochs=1, save_steps=4)
+    with pytest.raises(ValueError, match=r"belongs to another run: options: .*'r': 8.* -> .*'r': 4"):
+        _train(assets, tmp_path, epochs=1, options={"r": 4}, resume_from_checkpoint=True)
+    state_file = tmp_path / "checkpoints/step-4/trainer_state.json"  # as written before checkpoints named their run
+    state_file.write_text(json.dumps({k: v for k, v in json.loads(state_file.read_text()).items() if k != "run"}))
     with pytest.raises(ValueError, match="does not fit this model"):
         _train(assets, tmp_path, epochs=1, options={"r": 4}, resume_from_checkpoint=True)
     with pytest.raises(FileNotFoundError, match="No complete checkpoint"):

@@ -226,5 +226,7 @@ def test_training_with_max_length_above_the_position_limit_clamps_and_runs(tmp_p
                          progress=False, lr=1e-3)
     with pytest.warns(UserWarning, match=r"max_length=128 is more than BertForSequenceClassification can read: 64 tokens"):
         result = train(peftkit.wrap(model, "lora", r=2), tokenizer, data, config)
-    assert config.max_length == 64
+    assert config.max_length == 128  # the caller's config is left as given; the run records what it used
+    record = yaml.safe_load((tmp_path / "out" / "run_config.yaml").read_text())
+    assert record["train"]["max_length"] == 64
     assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.history  # trained, then evaluated

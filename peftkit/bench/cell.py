@@ -292,6 +292,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
         **{"log_every": 10, "save_total_limit": 1, **budget},
         output_dir=str(work_dir / "train"), seed=key.seed, lr=spec.lr, max_length=task.max_length,
         progress=False, device=device, cpu=device == "cpu",
+        overwrite=True,  # a cell re-run (stale, --retry-failed) replaces its own earlier training folder
     )
     from datasets import DatasetDict
 
