@@ -29,8 +29,7 @@ LOCK_NAME = ".peftkit.lock"
 # Files and folders that a training run writes at the top of its output directory.
 OWN_FILES = ("metrics.json", "train_log.jsonl", "train_log.csv", "train_log.png", "run_config.yaml")
 OWN_DIRS = ("best", "final")
-# Temporary names of peftkit's atomic writes (checkpoint.atomic_directory, _Run.save_checkpoint).
-TEMPORARY_PATTERNS = (".best.tmp-*", ".final.tmp-*", ".best.old-*", ".final.old-*")
+# Temporary name of an unfinished `_Run.save_checkpoint` (atomic_directory's are safe_write's).
 CHECKPOINT_TEMPORARY = ".tmp-step-*"
 # TrainConfig fields a resumed run may change: where and how it reports, how it keeps
 # checkpoints, where it runs. Every other field (seed, lr, epochs, max_steps, batch size, schedule,
@@ -113,20 +112,16 @@ def output_lock(output_dir: str | os.PathLike) -> Iterator[Path]:
 def clean_temporaries(output_dir: str | os.PathLike) -> list[str]:
     """Remove what interrupted saves left in ``output_dir``; returns what was removed or restored.
 
-    Only peftkit's own temporary names are touched (`TEMPORARY_PATTERNS` at the top,
-    ``checkpoints/.tmp-step-*``). A ``.best.old-*`` whose ``best/`` is missing (a save killed
-    between its two renames) is renamed back to ``best/`` rather than removed. Call it only while
-    holding `output_lock`: another run's temporaries would be in use.
+    The model folders' leftovers (``.best.tmp-*``, ``.best.old-*``, likewise for ``final``) go
+    through `peftkit.safe_write.clean_stale_temporaries`, which restores an ``.old`` folder whose
+    target is missing (a save killed between its two renames); then ``checkpoints/.tmp-step-*``.
+    Nothing else is touched. Call it only while holding `output_lock`.
     """
-    folder, done = Path(output_dir), []
-    candidates = [p for pattern in TEMPORARY_PATTERNS for p in folder.glob(pattern)]
-    candidates += list((folder / "checkpoints").glob(CHECKPOINT_TEMPORARY))
-    for path in sorted(candidates, key=lambda p: (".old-" not in p.name, p.name)):
-        name = path.name.split(".")[1] if ".old-" in path.name else None
-        if name and not (folder / name).exists() and path.is_dir():
-            os.replace(path, folder / name)
-            done.append(f"{path.name} -> {name}/")
-            continue
+    from .safe_write import clean_stale_temporaries
+
+    folder = Path(output_dir)
+    done = [p.name for p in clean_stale_temporaries(folder, names=OWN_DIRS)]
+    for path in sorted((folder / "checkpoints").glob(CHECKPOINT_TEMPORARY)):
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         done.append(str(path.relative_to(folder)))
     return done

@@ -25,7 +25,7 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -186,11 +186,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def clean_stale_temporaries(folder: str | os.PathLike, names: Collection[str] | None = None) -> list[Path]:
     """Remove the leftovers of interrupted `atomic_directory` writes directly under ``folder``.
 
-    Only directories named ``.NAME.tmp-*`` or ``.NAME.old-*`` are touched, and not those of a
-    process still running. An ``.old`` directory whose ``NAME`` is missing (the process died
+    Only directories named ``.NAME.tmp-*`` or ``.NAME.old-*`` are touched (with ``names``, only
+    those whose NAME is one of them), and not those of a process still running. An ``.old`` directory whose ``NAME`` is missing (the process died
     between the two renames) is renamed back to ``NAME``; one whose ``NAME`` exists is deleted
     unless it holds files peftkit did not write that ``NAME`` lacks (then it is kept, with a
     warning). Returns the paths removed or restored.
@@ -199,7 +199,8 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     done: list[Path] = []
-    found = [(m, p) for p in sorted(root.iterdir()) if (m := _TEMPORARY.match(p.name)) and p.is_dir() and not p.is_symlink()]
+    found = [(m, p) for p in sorted(root.iterdir())
+             if (m := _TEMPORARY.match(p.name)) and p.is_dir() and not p.is_symlink() and (names is None or m["name"] in names)]
     found.sort(key=lambda mp: mp[0]["kind"] != "old")  # restore .old ones before judging .tmp ones
     for match, path in found:
         pid = re.match(r"\d+", match["rest"])

@@ -206,12 +206,16 @@ def test_leftovers_of_killed_saves_are_cleaned_at_the_next_start(assets, tmp_pat
 def test_a_best_model_between_its_two_renames_is_restored(tmp_path):
     from peftkit.rundir import clean_temporaries
 
-    (tmp_path / ".best.old-123").mkdir()
-    (tmp_path / ".best.old-123" / "peftkit_config.json").write_text("{}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no running process holds
+    (tmp_path / f".best.old-{dead.pid}").mkdir()
+    (tmp_path / f".best.old-{dead.pid}" / "peftkit_config.json").write_text("{}")
     (tmp_path / "final").mkdir()
-    (tmp_path / ".final.old-7").mkdir()
-    assert clean_temporaries(tmp_path) == [".best.old-123 -> best/", ".final.old-7"]
-    assert (tmp_path / "best" / "peftkit_config.json").is_file() and not (tmp_path / ".final.old-7").exists()
+    (tmp_path / f".final.old-{dead.pid}").mkdir()
+    (tmp_path / f".other.old-{dead.pid}").mkdir()  # not a folder a training run writes
+    assert clean_temporaries(tmp_path) == [f".best.old-{dead.pid}", f".final.old-{dead.pid}"]
+    assert (tmp_path / f".other.old-{dead.pid}").is_dir()
+    assert (tmp_path / "best" / "peftkit_config.json").is_file() and not (tmp_path / f".final.old-{dead.pid}").exists()
 
 
 # ----------------------------------------------------------------------------- item 16: the folder tells how it was made
