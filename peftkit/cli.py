@@ -75,21 +75,29 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 # --------------------------------------------------------------------------- train
 
-_COLUMNS = (  # flag name, default, what it holds
-    ("text", "text", "classification: the text"), ("label", "label", "classification: the label"),
-    ("tokens", "tokens", "token-classification: the words"), ("tags", "tags", "token-classification: the per-word tags"),
-    ("prompt", "prompt", "causal-lm: the prompt"), ("response", "response", "causal-lm: the response to learn"),
+_COLUMNS = (  # flag name, default, task: what it holds
+    ("text", "text", "classification: the column holding the text"),
+    ("label", "label", "classification: the column holding the label"),
+    ("tokens", "tokens", "token-classification: the column holding the words"),
+    ("tags", "tags", "token-classification: the column holding the per-word tags"),
+    ("prompt", "prompt", "causal-lm: the column holding the prompt"),
+    ("response", "response", "causal-lm: the column holding the response to learn"),
 )
 
 
 def _shown(value: Any) -> str:
-    return "off" if value is False else "on" if value is True else str(value)
+    """A default as the help shows it: none, on / off, or the value."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def add_column_arguments(p: argparse.ArgumentParser) -> None:
     """The ``--text-column`` ... ``--response-column`` flags (train, eval, the recipes)."""
     for name, default, what in _COLUMNS:
-        p.add_argument(f"--{name}-column", default=default, metavar="NAME", help=f"column holding {what} (default: {default})")
+        p.add_argument(f"--{name}-column", default=default, metavar="NAME", help=f"{what} (default: {default})")
 
 
 def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
@@ -329,8 +337,17 @@ def _load_checkpoint(path: str, base_model: str | None):
 
     from . import load
     from .checkpoint import read_config
+    from .loading import check_model_path
 
     meta = read_config(path)
+    if base_model:
+        check_model_path(base_model, flag="--base-model")
+    elif meta.get("base_model"):
+        try:
+            check_model_path(meta["base_model"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"the checkpoint {path} was trained from {meta['base_model']}, which is no longer "
+                                    "there (moved?). Pass --base-model with its new location (a directory or hub id)") from None
     model = load(path, base_model=base_model).eval()
     source = path if (Path(path) / "tokenizer_config.json").is_file() else (base_model or meta.get("base_model"))
     return model, AutoTokenizer.from_pretrained(source), meta
@@ -624,6 +641,8 @@ def _flag_names(message: str, parser: argparse.ArgumentParser) -> str:
 def describe_error(err: BaseException, args: argparse.Namespace | None = None) -> str:
     """One line for any error: what failed, on which file, and the fix."""
     checkpoint = getattr(args, "checkpoint", None)
+    if isinstance(err, OSError) and err.filename:  # name the output, not its temporary sibling (.NAME.tmp-XXXX)
+        err.filename = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+$", r"\1\2", str(err.filename))
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return (f"no space left on the device while writing {err.filename or 'the output'}. Free some space, or write "
                 "somewhere else (--output); nothing half-written was left in place")
@@ -659,6 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_with_config(sub, argv[1:])
         return args.handler(args)
+    except BrokenPipeError:  # `peftkit ls | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (interpreter shutdown flushes it)
+        return 141
     except KeyboardInterrupt:
         if debug:
             raise

