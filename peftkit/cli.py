@@ -120,8 +120,9 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
                    "e.g. BertForSequenceClassification -> classification; required for a model without a task head, "
                    "such as BertModel)")
     p.add_argument("--data", help="hub dataset id, local directory of train/validation/test files, or 'demo' "
-                   "(peftkit's demo intent data); give --data or --train")
-    p.add_argument("--train", metavar="FILE", help="train file: csv, tsv, json, jsonl or CoNLL text; give --data or --train")
+                   "(peftkit's demo intent data) (default: none; give --data or --train)")
+    p.add_argument("--train", metavar="FILE", help="train file: csv, tsv, json, jsonl or CoNLL text "
+                   "(default: none; give --data or --train)")
     p.add_argument("--validation", metavar="FILE", help="validation file (default: a seeded part of train)")
     p.add_argument("--test", metavar="FILE", help="test file, scored at the end into OUTPUT/metrics.json "
                    "(default: none; the final metrics are then on validation)")
@@ -642,10 +643,10 @@ def describe_error(err: BaseException, args: argparse.Namespace | None = None) -
     """One line for any error: what failed, on which file, and the fix."""
     checkpoint = getattr(args, "checkpoint", None)
     if isinstance(err, OSError) and err.filename:  # name the output, not its temporary sibling (.NAME.tmp-XXXX)
-        err.filename = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+$", r"\1\2", str(err.filename))
+        err.filename = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+(?=/|$)", r"\1\2", str(err.filename))
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return (f"no space left on the device while writing {err.filename or 'the output'}. Free some space, or write "
-                "somewhere else (--output); nothing half-written was left in place")
+                "somewhere else (--output)")
     if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {err.filename or 'the output'}: {err.strerror}. Choose a directory you can write to (--output)"
     if isinstance(err, FileExistsError) and err.filename:

@@ -85,7 +85,7 @@ def infer_task_from_config(name_or_path: str, **from_pretrained_kwargs: Any) -> 
     if len(found) == 1:
         return found.pop()
     named = f"names {', '.join(architectures)}" if architectures else "names no architecture"
-    raise ValueError(f"Cannot tell the task of {shown}: its config {named}, which has no single task head. "
+    raise ValueError(f"Cannot tell the task of {shown}: its config {named}, no single task head to tell it by. "
                      f"Give the task: --task {' | '.join(TASKS)} (task= in Python).")
 
 
