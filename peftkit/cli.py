@@ -635,7 +635,7 @@ def _flag_names(message: str, parser: argparse.ArgumentParser) -> str:
     flags.update({field: flags[dest] for dest, field in _TRAIN_FLAGS.items() if dest in flags})
     for name, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
         if "_" in name and flag not in message:
-            message = re.sub(rf"(?<![\w-])(?:TrainConfig\.)?{name}\b", flag, message)
+            message = re.sub(rf"(?<![\w\-/.])(?:TrainConfig\.)?{name}(?![\w/])", flag, message)
     return message
 
 
