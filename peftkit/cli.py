@@ -1,11 +1,14 @@
-"""The ``peftkit`` command: train, predict, merge, ls.
+"""The ``peftkit`` command: train, predict, eval, merge, ls, plan, bench.
 
 Every ``train`` option can come from flags or from a YAML file (``--config``) whose keys are the
 long flag names with underscores (``batch_size: 32``); flags given on the command line win over
 the file. Any other `TrainConfig` field goes under ``train_options:`` (or ``--set key=value``);
 strategy options go under ``strategy_options:`` (or ``--option key=value``).
 
-Subcommands register themselves in `SUBCOMMANDS`, so later ones (bench, plan) slot in.
+Subcommands register themselves in `SUBCOMMANDS`. Building a subcommand's parser imports no torch
+(``peftkit --help``, ``peftkit CMD --help`` and ``peftkit ls`` stay light); its handler imports what
+it needs. Any error ends the command with one line naming the file and the fix, and exit status 1
+(``peftkit --debug CMD`` or ``PEFTKIT_DEBUG=1`` shows the traceback); Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
