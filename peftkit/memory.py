@@ -55,6 +55,7 @@ import json
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -366,9 +367,8 @@ def _bnb_kind(module: nn.Module) -> str | None:
     """"4bit" / "8bit" for a bitsandbytes layer (subclasses included), else None."""
     if _is_tuner(module):
         return None
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
+    bnb = sys.modules.get("bitsandbytes")  # not imported: no layer can be one of its layers
+    if bnb is None:
         return None
     if isinstance(module, bnb.nn.Linear4bit):
         return "4bit"
@@ -1042,21 +1042,9 @@ def _suggestions(plan: Plan, smallest: Row) -> list[str]:
 
 def setup_plan_parser(p: argparse.ArgumentParser):
     """Add the `peftkit plan` arguments to ``p``; returns the handler (`run_plan`)."""
-    from .strategies import STRATEGIES
+    from .cli import setup_plan_arguments
 
-    p.add_argument("model", help="hub id or local directory with config.json (only the config is read)")
-    p.add_argument("--task", default="classification", choices=["classification", "token-classification", "causal-lm", "seq2seq-lm"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128, help="padded length of the longest batch (default 128)")
-    p.add_argument("--budget", help='memory budget, e.g. "16GiB", "24GB", "8000MB"')
-    p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), metavar="STRATEGY",
-                   help=f"strategies to plan (default: all of {', '.join(STRATEGIES)})")
-    p.add_argument("--quantization", nargs="+", choices=["none", "8bit", "4bit"], default=["none", "8bit", "4bit"])
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
-    p.add_argument("--device", default="cpu", choices=list(DEVICES))
-    p.add_argument("--num-labels", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    setup_plan_arguments(p)
     return run_plan
 
 

@@ -104,7 +104,7 @@ class TrainConfig:
     resume_from_checkpoint: str | bool | None = None
     group_by_length: bool = True
     log_every: int = 10
-    report_to: str | None = None
+    report_to: str | list[str] | None = None
     max_length: int = 128
     cpu: bool = False
     device: str | None = None
@@ -138,8 +138,13 @@ class TrainConfig:
             raise bad("warmup_ratio", "must be in [0, 1).")
         if self.lr is not None and not self.lr > 0:
             raise bad("lr", "must be a positive number, or None for the strategy's default.")
-        if self.report_to not in (None, "none", "tensorboard"):
-            raise bad("report_to", 'choose None or "tensorboard".')
+        trackers = tracker_names(self.report_to)
+        from accelerate.utils import LoggerType
+
+        unknown = [t for t in trackers if t not in LoggerType.list()]
+        if unknown:
+            raise bad("report_to", f"unknown tracker(s) {', '.join(unknown)}: choose from {', '.join(LoggerType.list())} "
+                      '(comma-separated for several), or None / "none".')
         if self.device not in (None, "auto", "cpu", "cuda"):
             raise bad("device", 'choose "cpu", "cuda" or None (automatic).')
 
@@ -207,13 +212,7 @@ def _make_accelerator(config: TrainConfig):
     if not (PartialState._shared_state and PartialState().use_distributed):
         AcceleratorState._reset_state()
         GradientState._reset_state()
-    log_with = None
-    if config.report_to == "tensorboard":
-        from accelerate.utils import is_tensorboard_available
-
-        if not is_tensorboard_available():
-            raise RuntimeError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard")
-        log_with = "tensorboard"
+    log_with = _available_trackers(config.report_to) or None
     # torchrun / `accelerate launch --multi_gpu` on a machine without a GPU: run the processes on
     # the CPU (gloo) instead of falling back silently to one process.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -227,6 +226,30 @@ def _make_accelerator(config: TrainConfig):
         log_with=log_with,
         project_dir=config.output_dir,
     )
+
+
+def tracker_names(report_to: str | list[str] | None) -> list[str]:
+    """``report_to`` as a list of Accelerate tracker names ("wandb,tensorboard" -> both; None / "none" -> [])."""
+    names = report_to.split(",") if isinstance(report_to, str) else list(report_to or [])
+    return [n.strip() for n in names if n.strip() and n.strip() != "none"]
+
+
+def _available_trackers(report_to: str | list[str] | None) -> list[str]:
+    """The trackers to log with; a tracker whose package is missing is refused with its install command
+    (Accelerate itself would drop it silently)."""
+    from accelerate.tracking import get_available_trackers
+
+    names, available = tracker_names(report_to), [str(t) for t in get_available_trackers()]
+    if "all" in names:
+        if not available:
+            raise RuntimeError("report_to='all' found no experiment tracker installed: pip install tensorboard "
+                               "(or wandb, mlflow, ... any tracker Accelerate supports).")
+        return available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise RuntimeError(f"report_to={','.join(missing)!r} needs the {' and '.join(missing)} package"
+                           f"{'s' if len(missing) > 1 else ''}: pip install {' '.join(missing)}")
+    return names
 
 
 def _warn_ignored_processes() -> None:
@@ -600,7 +623,7 @@ class _Run:
         self.log = RunLog(self.out_dir, accelerator, resumed=resume_dir is not None)
         if resume_dir is not None:
             self.log.restore(self.state.log)
-        if config.report_to == "tensorboard":
+        if tracker_names(config.report_to):
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in asdict(config).items()}
             accelerator.init_trackers("peftkit", config=flat)
         self.chance = _chance_loss(task, prepared["train"])
@@ -822,7 +845,7 @@ class _Run:
                 self._write_card(final_dir, metrics, split)
             plot_log(self.log.rows, out_dir / "train_log.png")
         self._warn_if_chance()
-        if config.report_to == "tensorboard":
+        if tracker_names(config.report_to):
             accelerator.end_training()
         accelerator.wait_for_everyone()
         return TrainResult(metrics, self.state.history, best_dir, final_dir, split, self.log.rows)

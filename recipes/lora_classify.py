@@ -98,8 +98,8 @@ def training_function(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
-    parser.set_defaults(task="classification", output="outputs/lora_classify")
+    add_train_arguments(parser, defaults={**RECIPE_DEFAULTS, "output_dir": "outputs/lora_classify"})
+    parser.set_defaults(task="classification")
     args = parse_with_config(parser, argv)
     if args.task != "classification":
         parser.error("this recipe trains classifiers; see recipes/ner.py and recipes/sft.py for the other tasks")

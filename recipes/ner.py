@@ -103,8 +103,8 @@ def training_function(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
-    parser.set_defaults(task="token-classification", output="outputs/ner")
+    add_train_arguments(parser, defaults={**RECIPE_DEFAULTS, "output_dir": "outputs/ner"})
+    parser.set_defaults(task="token-classification")
     args = parse_with_config(parser, argv)
     training_function(args)
 

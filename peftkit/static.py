@@ -1,0 +1,76 @@
+"""Values read from peftkit's own source without importing it.
+
+The command line shows `TrainConfig`'s defaults and the strategy registry in its help and in
+``peftkit ls``; the modules that define them import torch. Reading their literal values from
+the source (``ast``) keeps ``peftkit --help`` light while they stay defined in one place.
+tests/test_cli_polish.py checks these readings against the imported modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE = Path(__file__).resolve().parent
+_MISSING = object()
+
+
+@cache
+def _tree(module: str) -> ast.Module:
+    """The parsed source of ``peftkit.<module>`` (a dotted name; a package reads its __init__)."""
+    path = PACKAGE.joinpath(*module.split("."))
+    file = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return ast.parse(file.read_text(), filename=str(file))
+
+
+def _literals(body: list[ast.stmt]) -> dict[str, Any]:
+    """name -> value for each ``name = <literal>`` / ``name: T = <literal>`` in ``body``."""
+    out: dict[str, Any] = {}
+    for node in body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value = node.targets[0].id, node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, value = node.target.id, node.value
+        else:
+            continue
+        try:
+            out[name] = ast.literal_eval(value)
+        except ValueError:
+            out[name] = _MISSING  # not a literal (a call, a name): unknown here
+    return {k: v for k, v in out.items() if v is not _MISSING}
+
+
+def constants(module: str) -> dict[str, Any]:
+    """The module-level literal constants of ``peftkit.<module>``."""
+    return _literals(_tree(module).body)
+
+
+def class_attributes(module: str, class_name: str) -> dict[str, Any]:
+    """The literal class attributes (dataclass field defaults) of ``class_name`` in ``peftkit.<module>``."""
+    for node in _tree(module).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return _literals(node.body)
+    raise LookupError(f"peftkit.{module} defines no class {class_name}")
+
+
+@cache
+def train_defaults() -> dict[str, Any]:
+    """`peftkit.training.TrainConfig`'s field defaults."""
+    return class_attributes("training", "TrainConfig")
+
+
+@cache
+def strategy_catalog() -> dict[str, dict[str, Any]]:
+    """strategy name -> {"summary", "default_lr"}, in the order of `peftkit.strategies.STRATEGIES`."""
+    base = class_attributes("strategies.base", "Strategy")
+    found = {}
+    for file in sorted((PACKAGE / "strategies").glob("*.py")):
+        for node in _tree(f"strategies.{file.stem}").body:
+            if isinstance(node, ast.ClassDef):
+                attrs = _literals(node.body)
+                if isinstance(attrs.get("name"), str):
+                    found[attrs["name"]] = {"summary": attrs.get("summary", base["summary"]),
+                                           "default_lr": attrs.get("default_lr", base["default_lr"])}
+    return {name: found[name] for name in constants("strategies")["STRATEGIES"]}
