@@ -345,21 +345,15 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
 def _load_checkpoint(path: str, base_model: str | None):
     from transformers import AutoTokenizer
 
-    from . import load
+    from . import load, wrap_info
     from .checkpoint import read_config
     from .loading import check_model_path
 
     meta = read_config(path)
     if base_model:
         check_model_path(base_model, flag="--base-model")
-    elif meta.get("base_model"):
-        try:
-            check_model_path(meta["base_model"])
-        except FileNotFoundError:
-            raise FileNotFoundError(f"the checkpoint {path} was trained from {meta['base_model']}, which is no longer "
-                                    "there (moved?). Pass --base-model with its new location (a directory or hub id)") from None
-    model = load(path, base_model=base_model).eval()
-    source = path if (Path(path) / "tokenizer_config.json").is_file() else (base_model or meta.get("base_model"))
+    model = load(path, base_model=base_model).eval()  # finds a moved base, or says what was tried and --base-model
+    source = path if (Path(path) / "tokenizer_config.json").is_file() else (base_model or wrap_info(model).base_model)
     return model, AutoTokenizer.from_pretrained(source), meta
 
 
