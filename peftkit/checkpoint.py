@@ -208,6 +208,20 @@ def _release_reports(held: _HeldReports, restored: set[str]) -> None:
             logger.handle(record)
 
 
+def base_model_name(path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
+    """Where the base model of checkpoint ``path`` loads from: its hub id, or its local folder (where it
+    was, else a folder of the same name and content next to the checkpoint); see `load`."""
+    path = Path(path)
+    return base_source.resolve(meta if meta is not None else read_config(path), path)
+
+
+def load_base_model(name: str, meta: dict[str, Any], checkpoint: str | os.PathLike) -> nn.Module:
+    """The base model ``name`` for a checkpoint's config ``meta`` (its task, labels and quantization),
+    loaded without transformers' report of the head the checkpoint restores afterwards."""
+    with _quiet_base_loading():
+        return _load_base(name, meta, Path(checkpoint), given=True)
+
+
 def load(path: str | os.PathLike, base_model: nn.Module | str | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild a wrapped model from a checkpoint written by `save`.
 

@@ -142,7 +142,9 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
     p.add_argument("--strategy-options", type=json.loads, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model quantized with bitsandbytes; "
                    "QLoRA is --quantization 4bit --strategy lora (default: full precision)")
-    p.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training data (default: {d['epochs']})")
+    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data "
+                   f"(default: {constants('training')['DEFAULT_EPOCHS']}, or more on small data to reach --set "
+                   f"min_steps={d['min_steps']} optimizer steps)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps, overriding --epochs "
                    f"(default: {_shown(d['max_steps'])})")
     p.add_argument("--batch-size", type=int, metavar="N", help=f"examples per step and process (default: {d['batch_size']})")

@@ -42,7 +42,6 @@ PRECISIONS = ("no", "bf16", "fp16")
 STATE_FILE = "trainer_state.json"
 BEST_STATE_FILE = "best_trainable.safetensors"
 DEFAULT_EPOCHS = 3
-MIN_STEPS_DEFAULT = 150
 CHANCE_MARGIN = 0.97  # a validation loss above 97% of the label entropy: learned (next to) nothing
 
 
@@ -82,7 +81,7 @@ class TrainConfig:
     output_dir: str = "peftkit-output"
     seed: int = 0
     epochs: int | None = None
-    min_steps: int = MIN_STEPS_DEFAULT
+    min_steps: int = 150
     max_steps: int | None = None
     batch_size: int = 16
     eval_batch_size: int | None = None

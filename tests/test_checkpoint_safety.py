@@ -345,9 +345,12 @@ class Collect(logging.Handler):
 @pytest.fixture
 def transformers_log():
     handler, logger = Collect(), logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # what a user sees by default (an earlier test may have lowered it)
     logger.addHandler(handler)
     yield handler.messages
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def headless_base(folder: Path, drop: str | None = None) -> Path:

@@ -161,8 +161,8 @@ def test_existing_outputs_not_written_by_peftkit_are_never_replaced(bert):
         export(bert["lora"], bert["lora"] / "inside")
     again = bert["root"] / "again"
     export(bert["lora"], again)
-    (again / "stale.txt").write_text("from the first export")  # an earlier export may be replaced, whole
-    assert export(bert["lora"], again).written and not (again / "stale.txt").exists()
+    (again / "notes.txt").write_text("the user's")  # an earlier export is replaced; files the user added stay
+    assert export(bert["lora"], again).written and (again / "notes.txt").read_text() == "the user's"
 
 
 def test_vllm_export_of_a_causal_lm_lora_passes_and_says_how_to_serve(llama):

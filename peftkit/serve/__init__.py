@@ -28,9 +28,9 @@ def setup_serve_parser(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("--model", help="base model path or hub id (default: the base each checkpoint names)")
     p.add_argument("--adapter", action="append", metavar="NAME=PATH", help="an adapter to serve (repeatable)")
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model(s) quantized (bitsandbytes)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where models run (default: a GPU if torch sees one)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where models run (default: auto, a GPU if torch sees one)")
     p.add_argument("--host", default=DEFAULTS["host"], help="interface to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULTS["port"])
+    p.add_argument("--port", type=int, default=DEFAULTS["port"], help="port to listen on (default: 8000)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $PEFTKIT_API_KEY)")
     p.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"],
                    help="most inputs gathered into one forward pass (1 turns batching off; default 32)")
@@ -42,7 +42,8 @@ def setup_serve_parser(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("--max-text-chars", type=int, default=DEFAULTS["max_text_chars"], help="characters per input (default 8192)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"],
                    help="largest max_new_tokens / max_tokens a request may ask for (default 256)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log level (default: info: one line per request)")
     return cmd_serve
 
 

@@ -200,7 +200,7 @@ class Registry:
             except (OSError, json.JSONDecodeError):
                 raise AdapterError(f"{name}: the checkpoint's adapter_config.json is missing or not JSON.") from None
         if runtime and fmt != "full":
-            self._check_served_base(self._base_name(meta, name), name)
+            self._check_served_base(self._base_name(meta, name, path), name)
         try:
             adapter = self._load_pooled(name, path, meta) if peft_type == "LORA" else self._load_alone(name, path, meta)
         except AdapterError:
@@ -227,11 +227,15 @@ class Registry:
             pool.model.set_adapter(sorted(pool.names)[0])
         pool.model.delete_adapter(name)
 
-    def _base_name(self, meta: dict[str, Any], name: str) -> str:
-        base = self.base or meta.get("base_model")
-        if not base:
-            raise AdapterError(f"{name}: the checkpoint names no base model; start the server with --model BASE.")
-        return _same_path(base)
+    def _base_name(self, meta: dict[str, Any], name: str, path: Path) -> str:
+        from ..checkpoint import base_model_name
+
+        if self.base:
+            return _same_path(self.base)
+        try:
+            return _same_path(base_model_name(path, meta))
+        except (ValueError, FileNotFoundError) as err:
+            raise AdapterError(f"{name}: {err} Or start the server with --model BASE.") from None
 
     def _check_served_base(self, base: str, name: str) -> None:
         """Run-time loads may only use a base model already served (or --model): a checkpoint's
@@ -241,10 +245,10 @@ class Registry:
             raise AdapterError(f"{name}: its base model {base!r} is not one this server serves; start the server "
                                "with --model BASE (or an adapter on that base).", 403)
 
-    def _base_model(self, meta: dict[str, Any], base: str):
-        from ..checkpoint import _load_base
+    def _base_model(self, meta: dict[str, Any], base: str, path: Path):
+        from ..checkpoint import load_base_model
 
-        return _load_base({**meta, "base_model": base, "quantization": self.quantization or meta.get("quantization")})
+        return load_base_model(base, {**meta, "quantization": self.quantization or meta.get("quantization")}, path)
 
     def _place(self, model):
         """``model`` in eval mode on the server's device (quantized models stay where bitsandbytes put them)."""
@@ -264,7 +268,7 @@ class Registry:
         return AutoTokenizer.from_pretrained(source)
 
     def _load_pooled(self, name: str, path: Path, meta: dict[str, Any]) -> Adapter:
-        base = self._base_name(meta, name)
+        base = self._base_name(meta, name, path)
         labels = _labels(meta)
         key = (base, meta["task"], self.quantization or meta.get("quantization"), len(labels) if labels else 0)
         pool = self.pools.get(key)
@@ -272,7 +276,7 @@ class Registry:
         if pool is None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(self._base_model(meta, base), str(path), adapter_name=name, is_trainable=False)
+            model = PeftModel.from_pretrained(self._base_model(meta, base, path), str(path), adapter_name=name, is_trainable=False)
             pool = Pool(key, self._place(model), tokenizer)
         else:
             if tokenizer.get_vocab() != pool.tokenizer.get_vocab():
@@ -296,6 +300,6 @@ class Registry:
         if meta.get("format") == "full":
             model, base = load(path), meta.get("base_model")
         else:
-            base = self._base_name(meta, name)
-            model = load(path, base_model=self._base_model(meta, base))
+            base = self._base_name(meta, name, path)
+            model = load(path, base_model=self._base_model(meta, base, path))
         return Adapter(name, path, meta["strategy"], meta["task"], _labels(meta), base, self._place(model), self._tokenizer(path, base))
