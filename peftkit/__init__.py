@@ -9,6 +9,7 @@ from .parameters import ParameterCount, count_parameters
 from .strategies import STRATEGIES, default_learning_rate, wrap, wrap_info
 from .tasks import get_task
 from .training import TrainConfig, TrainResult, train
+from .tune import tune
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "plan",
     "save",
     "train",
+    "tune",
     "wrap",
     "wrap_info",
 ]

@@ -95,6 +95,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eval-batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate (default: the strategy's)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the new task head (default: the same as --lr)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-length", type=int)
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every epoch)")
@@ -113,7 +114,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size", "eval_batch_size": "eval_batch_size",
-    "lr": "lr", "seed": "seed", "max_length": "max_length", "eval_steps": "eval_steps", "save_steps": "save_steps",
+    "lr": "lr", "head_lr": "head_lr", "seed": "seed", "max_length": "max_length", "eval_steps": "eval_steps", "save_steps": "save_steps",
     "resume": "resume_from_checkpoint", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_checkpointing": "gradient_checkpointing", "mixed_precision": "mixed_precision",
     "early_stopping_patience": "early_stopping_patience", "report_to": "report_to", "cpu": "cpu", "output": "output_dir",
@@ -168,8 +169,10 @@ def load_data_from_args(args: argparse.Namespace, task: str, seed: int = 0):
     )
 
 
-def run_training(args: argparse.Namespace, **config_defaults: Any):
-    """load_model -> wrap -> train from parsed train arguments; returns (TrainResult, model)."""
+def run_training(args: argparse.Namespace, callbacks=(), **config_defaults: Any):
+    """load_model -> wrap -> train from parsed train arguments; returns (TrainResult, model).
+
+    ``callbacks`` go to `peftkit.train` (``on_evaluate(step, metrics)``)."""
     from transformers import set_seed
 
     from . import wrap
@@ -188,7 +191,7 @@ def run_training(args: argparse.Namespace, **config_defaults: Any):
     set_seed(config.seed)  # the new task head is initialised from the seed too
     model, tokenizer = load_model(args.model, task=task, labels=label_names(data, task), quantization=args.quantization)
     model = wrap(model, args.strategy, task=task, **strategy_options_from_args(args))
-    return train(model, tokenizer, data, config, task=task), model
+    return train(model, tokenizer, data, config, task=task, callbacks=callbacks), model
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -365,6 +368,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "ls": ("list strategies and recipes", _setup_ls),
     "plan": ("predict training memory per strategy and recommend one", lambda p: _lazy_setup("memory", "setup_plan_parser", p)),
     "bench": ("run a benchmark suite, or rebuild its report (--report DIR)", lambda p: _lazy_setup("bench", "setup_bench_parser", p)),
+    "tune": ("search hyperparameters with Optuna", lambda p: _lazy_setup("tune", "setup_tune_parser", p)),
 }
 
 
