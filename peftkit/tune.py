@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import copy
 import math
+import os
 import shutil
 import sys
 import warnings
@@ -292,27 +293,33 @@ def best_config(args: argparse.Namespace, values: dict[str, Any], strategy_keys:
     return out
 
 
+@contextlib.contextmanager
+def _replaced(path: Path):
+    """Yield a temporary path (this process's own: workers share OUTPUT) renamed to ``path`` once written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_best_yaml(path: Path, config: dict[str, Any], header: str) -> None:
     import yaml
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    tmp.replace(path)
+    with _replaced(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
 def write_trials_csv(study, path: Path) -> None:
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with _replaced(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def write_plots(study, output: Path) -> list[Path]:
     """Optimization history and parameter importances as PNGs (matplotlib, imported here)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("peftkit tune: no plots: matplotlib is not installed (pip install matplotlib).")
@@ -332,7 +339,8 @@ def write_plots(study, output: Path) -> list[Path]:
                 continue
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.tight_layout()
-            figure.savefig(output / f"{name}.png", dpi=100)
+            with _replaced(output / f"{name}.png") as tmp:
+                figure.savefig(tmp, dpi=100, format="png")
             plt.close(figure)
             written.append(output / f"{name}.png")
     return written
