@@ -24,6 +24,7 @@ _EXPORTS = {
     "STRATEGIES": "strategies", "default_learning_rate": "strategies", "wrap": "strategies", "wrap_info": "strategies",
     "get_task": "tasks",
     "TrainConfig": "training", "TrainResult": "training", "train": "training",
+    "tune": "tuning",
 }
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "plan",
     "save",
     "train",
+    "tune",
     "wrap",
     "wrap_info",
 ]

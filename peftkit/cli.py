@@ -150,6 +150,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
     p.add_argument("--batch-size", type=int, metavar="N", help=f"examples per step and process (default: {d['batch_size']})")
     p.add_argument("--eval-batch-size", type=int, metavar="N", help="examples per evaluation batch (default: --batch-size)")
     p.add_argument("--lr", type=float, help="learning rate (default: the strategy's own; `peftkit ls strategies` lists them)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the task head created for classification / token "
+                   "classification (default: the same as --lr)")
     p.add_argument("--seed", type=int, help=f"seed for the data order, the new head and dropout (default: {d['seed']})")
     p.add_argument("--max-length", type=int, metavar="N", help=f"truncate inputs to N tokens (default: {d['max_length']})")
     p.add_argument("--eval-steps", type=int, metavar="N", help="evaluate every N steps (default: once per epoch)")
@@ -181,7 +183,7 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
 
 _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size", "eval_batch_size": "eval_batch_size",
-    "lr": "lr", "seed": "seed", "max_length": "max_length", "eval_steps": "eval_steps", "save_steps": "save_steps",
+    "lr": "lr", "head_lr": "head_lr", "seed": "seed", "max_length": "max_length", "eval_steps": "eval_steps", "save_steps": "save_steps",
     "resume": "resume_from_checkpoint", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_checkpointing": "gradient_checkpointing", "mixed_precision": "mixed_precision",
     "early_stopping_patience": "early_stopping_patience", "report_to": "report_to", "cpu": "cpu", "output": "output_dir",
@@ -264,8 +266,10 @@ def resolve_task(args: argparse.Namespace) -> str:
     return infer_task_from_config(args.model)
 
 
-def run_training(args: argparse.Namespace, **config_defaults: Any):
-    """load_model -> wrap -> train from parsed train arguments; returns (TrainResult, model)."""
+def run_training(args: argparse.Namespace, callbacks=(), **config_defaults: Any):
+    """load_model -> wrap -> train from parsed train arguments; returns (TrainResult, model).
+
+    ``callbacks`` go to `peftkit.train` (``on_evaluate(step, metrics)``)."""
     from transformers import set_seed
 
     from . import wrap
@@ -284,7 +288,7 @@ def run_training(args: argparse.Namespace, **config_defaults: Any):
     model = wrap(model, args.strategy, task=task, **strategy_options_from_args(args))
     run_info = {"command": command_line(), "model": args.model, "quantization": args.quantization,
                 "data": {name: getattr(args, name) for name in ("data", "train", "validation", "test")}}
-    return train(model, tokenizer, data, config, task=task, run_info=run_info), model
+    return train(model, tokenizer, data, config, task=task, callbacks=callbacks, run_info=run_info), model
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -596,6 +600,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "bench": ("run a benchmark suite, or rebuild its report (--report DIR)", lambda p: _lazy_setup("bench", "setup_bench_parser", p)),
     "serve": ("serve adapters over HTTP", lambda p: _lazy_setup("serve", "setup_serve_parser", p)),
     "export": ("export a checkpoint: merged, ONNX, ONNX int8, or a vLLM-ready LoRA", lambda p: _lazy_setup("export", "setup_export_parser", p)),
+    "tune": ("search hyperparameters with Optuna", lambda p: _lazy_setup("tuning", "setup_tune_parser", p)),
 }
 
 

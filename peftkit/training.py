@@ -54,6 +54,8 @@ class TrainConfig:
     """Everything `train` needs besides the model, tokenizer and data.
 
     ``lr=None`` picks the strategy's default (`peftkit.strategies.default_learning_rate`).
+    ``head_lr`` is the rate of the task head created fresh for classification / token
+    classification (None: the same as ``lr``); the scheduler scales every group alike.
     ``max_steps`` (optimizer steps) overrides ``epochs``. ``eval_steps=None`` evaluates once per
     epoch; ``metric_for_best=None`` uses the task's main metric. ``resume_from_checkpoint`` is a
     checkpoint directory, or True for the latest one under ``output_dir/checkpoints``.
@@ -86,6 +88,7 @@ class TrainConfig:
     batch_size: int = 16
     eval_batch_size: int | None = None
     lr: float | None = None
+    head_lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     scheduler: str = "linear"
@@ -144,6 +147,8 @@ class TrainConfig:
         if unknown:
             raise bad("report_to", f"unknown tracker(s) {', '.join(unknown)}: choose from {', '.join(LoggerType.list())} "
                       '(comma-separated for several), or None / "none".')
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise bad("head_lr", "must be a positive number, or None for the same rate as lr.")
         if self.device not in (None, "auto", "cpu", "cuda"):
             raise bad("device", 'choose "cpu", "cuda" or None (automatic).')
 
@@ -349,21 +354,59 @@ def _no_decay(module: nn.Module, param_name: str, param: torch.Tensor) -> bool:
     return param_name.endswith("bias") or param.ndim < 2 or "norm" in type(module).__name__.lower()
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two AdamW groups: weight decay on weights; none on biases, norms."""
-    decay, no_decay, seen = [], [], set()
+def _head_parameters(model: nn.Module) -> set[int]:
+    """ids of the trainable parameters of the task head (PEFT's ``modules_to_save`` copy included)."""
+    from .introspect import head_module_names
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        heads = head_module_names(base)
+    except ValueError:
+        heads = []
+    if not heads:
+        raise ValueError(
+            f"head_lr was given, but {type(base).__name__} has no task head created fresh for the task "
+            "(only classification and token-classification models have one). Drop head_lr (--head-lr)."
+        )
+    return {id(p) for name in heads for p in base.get_submodule(name).parameters() if p.requires_grad}
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, *, lr: float | None = None, head_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Trainable parameters as AdamW groups: weight decay on weights; none on biases, norms.
+
+    Each group is named (``"decay"``, ``"no_decay"``, and with ``head_lr`` ``"head_decay"``,
+    ``"head_no_decay"``) and carries its own ``lr`` when ``lr`` is given: the task head's
+    parameters get ``head_lr``, the others ``lr``. Strategies that need their own groups
+    (LoRA+) extend this function.
+    """
+    if head_lr is not None and lr is None:
+        raise ValueError("parameter_groups: head_lr needs lr, the rate of the other parameters.")
+    head = _head_parameters(model) if head_lr is not None else set()
+    groups: dict[str, list[torch.Tensor]] = {"decay": [], "no_decay": [], "head_decay": [], "head_no_decay": []}
+    seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            (no_decay if _no_decay(module, name, param) else decay).append(param)
-    if not decay and not no_decay:
+            key = "no_decay" if _no_decay(module, name, param) else "decay"
+            groups[f"head_{key}" if id(param) in head else key].append(param)
+    if not seen:
         raise ValueError(
             "The model has no trainable parameters. Wrap it first, e.g. peftkit.wrap(model, 'lora'), "
             "or pass a model whose parameters require grad."
         )
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    out = []
+    for key, params in groups.items():
+        if key.startswith("head_") and not params:
+            continue
+        group = {"name": key, "params": params, "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay}
+        if lr is not None:
+            group["lr"] = head_lr if key.startswith("head_") else lr
+        out.append(group)
+    return out
 
 
 def resolve_learning_rate(model: nn.Module, config: TrainConfig) -> float:
@@ -526,19 +569,31 @@ def _save_model(model: nn.Module, tokenizer, path: Path) -> None:
             tokenizer.save_pretrained(tmp)
 
 
-def train(model: nn.Module, tokenizer, data, config: TrainConfig, task=None, *,
+def target_metric(config: TrainConfig, task) -> tuple[str, bool]:
+    """The metric that picks the best model, and whether greater is better (a `peftkit.tasks` Task)."""
+    metric = config.metric_for_best or task.main_metric
+    greater = config.greater_is_better
+    if greater is None:
+        greater = task.greater_is_better if metric == task.main_metric else not metric.endswith("loss")
+    return metric, greater
+
+
+def train(model: nn.Module, tokenizer, data, config: TrainConfig, task=None, callbacks=(), *,
           run_info: dict[str, Any] | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data`` (a DatasetDict from `peftkit.data.load_data`).
 
     ``task`` is a task name or a `peftkit.tasks` Task; by default the model's own task. Whatever
     parameters require grad are trained; the strategy that chose them does not matter here.
+    ``callbacks``: objects with ``on_evaluate(step, metrics) -> bool``, called (on every process)
+    after each validation evaluation with the task's metrics; True stops training there, and
+    an exception they raise ends the run (a hyperparameter search prunes a trial this way).
     ``run_info``: what the caller knows beyond these objects, for ``run_config.yaml`` and the
     model card: ``command`` (default: this process's command line), ``model`` (path or hub id),
     ``quantization``, ``data`` (``{"train": file, ...}``; files are recorded with their sha256).
     """
     task = _resolve_task(task, model)
     with _claim_output_dir(config):
-        run = _Run(model, tokenizer, data, config, task, run_info)
+        run = _Run(model, tokenizer, data, config, task, callbacks, run_info)
         run.loop()
         return run.finish()
 
@@ -560,7 +615,8 @@ def _claim_output_dir(config: TrainConfig):
 class _Run:
     """One training run: set up by __init__, trained by `loop`, evaluated on test by `finish`."""
 
-    def __init__(self, model: nn.Module, tokenizer, data, config: TrainConfig, task, run_info: dict[str, Any] | None = None):
+    def __init__(self, model: nn.Module, tokenizer, data, config: TrainConfig, task, callbacks=(),
+                 run_info: dict[str, Any] | None = None):
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
@@ -570,6 +626,7 @@ class _Run:
         # Within the model's position limit; the caller's config is left as it was given.
         config = replace(config, max_length=fit_max_length(model, tokenizer, config.max_length))
         self.config, self.task, self.tokenizer, self.data = config, task, tokenizer, data
+        self.callbacks = list(callbacks or ())
         self.out_dir = Path(config.output_dir)
         self.identity = run_identity(config, model, task, data)
         resume_dir = self._resume_dir()
@@ -593,7 +650,8 @@ class _Run:
         if config.gradient_checkpointing:
             _enable_checkpointing(model)
         self.lr = resolve_learning_rate(model, config)
-        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=self.lr)
+        groups = parameter_groups(model, config.weight_decay, lr=self.lr, head_lr=config.head_lr)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr)
         steps_per_epoch = math.ceil(len(train_dl) / config.gradient_accumulation_steps)
         self.epochs = resolve_epochs(config, steps_per_epoch)
         self.total_steps = config.max_steps or steps_per_epoch * self.epochs
@@ -612,10 +670,7 @@ class _Run:
                     del state[key]
 
         accelerator.register_save_state_pre_hook(keep_trainable)
-        self.metric = config.metric_for_best or task.main_metric
-        self.greater = config.greater_is_better
-        if self.greater is None:
-            self.greater = task.greater_is_better if self.metric == task.main_metric else not self.metric.endswith("loss")
+        self.metric, self.greater = target_metric(config, task)
         self.state, self.best_weights = _State(), None
         if resume_dir is not None:
             self._resume(resume_dir)
@@ -784,8 +839,9 @@ class _Run:
         state.history.append(row)
         self.log.add(row)
         accelerator.wait_for_everyone()
+        asked = [bool(c.on_evaluate(state.step, dict(metrics))) for c in self.callbacks if hasattr(c, "on_evaluate")]
         patience = self.config.early_stopping_patience
-        return bool(patience and state.bad_evals >= patience)
+        return bool(patience and state.bad_evals >= patience) or any(asked)
 
     def save_checkpoint(self) -> None:
         """accelerator.save_state into a temp dir, plus our state; renamed into place when complete."""

