@@ -61,11 +61,13 @@ def describe(name: str | None) -> dict[str, Any] | None:
 
 
 def recorded(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint's base record; built from the plain ``base_model`` of older checkpoints."""
+    """The checkpoint's base record; built from the plain ``base_model`` of older checkpoints, and
+    from ``base_model`` when a person edited it to name another base than the record does."""
     source = meta.get("base_model_source")
-    if isinstance(source, dict) and source.get("kind") in ("hub", "local"):
-        return source
     name = meta.get("base_model")
+    if isinstance(source, dict) and source.get("kind") in ("hub", "local"):
+        if not name or name == source.get("path" if source["kind"] == "local" else "id"):
+            return source
     if not name:
         return None
     if _looks_local(name):

@@ -248,6 +248,16 @@ def test_moved_base_says_what_was_tried_and_how_to_pass_it(tmp_path):
     assert peftkit.wrap_info(loaded).base_model == str(moved)  # a re-save records where it is now
 
 
+def test_a_base_model_edited_by_hand_in_the_config_is_used(tmp_path):
+    base_dir, path, expected = saved(tmp_path / "models", tmp_path / "runs" / "ckpt")
+    moved = base_dir.rename(tmp_path / "elsewhere")
+    meta = json.loads((path / "peftkit_config.json").read_text())
+    (path / "peftkit_config.json").write_text(json.dumps({**meta, "base_model": str(moved)}))  # the record still says base_dir
+    loaded = peftkit.load(path)
+    torch.testing.assert_close(loaded(**batch()).logits, expected)
+    assert peftkit.wrap_info(loaded).base_model == str(moved)
+
+
 def test_hub_id_that_cannot_be_loaded_says_how_to_pass_the_base(tmp_path, adapter_model):
     path = peftkit.save(adapter_model, tmp_path / "ckpt")
     meta = json.loads((path / "peftkit_config.json").read_text())

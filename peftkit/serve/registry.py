@@ -234,7 +234,9 @@ class Registry:
             return _same_path(self.base)
         try:
             return _same_path(base_model_name(path, meta))
-        except (ValueError, FileNotFoundError) as err:
+        except FileNotFoundError:  # recorded, but not found: not a base this server serves either
+            return _same_path(meta["base_model"])
+        except ValueError as err:
             raise AdapterError(f"{name}: {err} Or start the server with --model BASE.") from None
 
     def _check_served_base(self, base: str, name: str) -> None:
