@@ -21,6 +21,10 @@ from typing import Any
 
 from .registry import Adapter, AdapterNotFound, Registry
 
+# Inputs per forward pass inside a gathered batch (sorted by length, see `predict_texts`): on MiniLM
+# with 2 CPU threads, 32 sentences ran 1.6x faster as 4 length-sorted passes of 8 than as one of 32.
+FORWARD_BATCH = 8
+
 log = logging.getLogger("peftkit.serve")
 
 
@@ -158,8 +162,9 @@ class Batcher:
         adapter_names = names if first.mixable and len(set(names)) > 1 else None
         if adapter_names is None and first.pool is not None:  # one adapter: PEFT's plain path is faster than the mixed one
             first.model.set_adapter(first.name)
+        size = len(texts) if first.task == "causal-lm" else FORWARD_BATCH
         rows = predict_texts(first.model, first.tokenizer, first.task, texts, labels=labels, adapter_names=adapter_names,
-                             batch_size=max(len(texts), 1), max_new_tokens=jobs[0].max_new_tokens)
+                             batch_size=max(size, 1), max_new_tokens=jobs[0].max_new_tokens)
         results, start = [], 0
         for job in jobs:
             job.batch_inputs = len(texts)
