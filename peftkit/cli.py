@@ -392,19 +392,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _align_labels(data, model, task: str):
-    """Re-number a labelled split's label ids to the checkpoint's ``label2id`` (the file may hold fewer labels,
-    in another order); a label the checkpoint does not know is refused."""
+    """Re-number a labelled split's label ids to the checkpoint's (`peftkit.data.checkpoint_label_ids`);
+    a label the checkpoint does not know is refused."""
+    from .data import checkpoint_label_ids
+
     if task not in ("classification", "token-classification"):
         return data
     column = "label" if task == "classification" else "tags"
     names = data.features[column].names if task == "classification" else data.features[column].feature.names
-    known = {str(k): int(v) for k, v in (getattr(model.config, "label2id", None) or {}).items()}
-    unknown = [n for n in names if n not in known]
+    id2label = getattr(model.config, "id2label", None) or {}
+    known = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    ids, unknown = checkpoint_label_ids(names, known)
     if unknown:
         flag = "--label-column" if task == "classification" else "--tags-column"
         raise ValueError(f"The test file holds label(s) {', '.join(map(repr, unknown))} that the checkpoint was not "
                          f"trained on (its labels: {', '.join(known)}). Check {flag}, or score a file with those labels.")
-    ids = [known[n] for n in names]
     if task == "classification":
         return data.map(lambda row: {"label": ids[row["label"]]})
     return data.map(lambda row: {"tags": [ids[t] for t in row["tags"]]})

@@ -703,6 +703,26 @@ def _carve_validation(train, fraction: float, seed: int, stratify: bool):
     return parts["train"], parts["test"]
 
 
+def checkpoint_label_ids(file_names: list[str], checkpoint_names: list[str]) -> tuple[list[int], list[str]]:
+    """(each of a labelled file's label names as the checkpoint's label id, the names it cannot place).
+
+    A name is matched to the checkpoint's label of that name; an integer name the checkpoint does not
+    know (SST-2's 0/1 against a checkpoint labelled negative/positive) is taken as a label index.
+    The file may hold fewer labels than the checkpoint, in another order.
+    """
+    index = {name: i for i, name in enumerate(checkpoint_names)}
+    ids, unknown = [], []
+    for name in file_names:
+        if name in index:
+            ids.append(index[name])
+        elif name.lstrip("-").isdigit() and 0 <= int(name) < len(checkpoint_names):
+            ids.append(int(name))
+        else:
+            ids.append(-1)
+            unknown.append(name)
+    return ids, unknown
+
+
 def label_names(dataset_dict, task: str) -> list[str] | None:
     """The class names of a `load_data` result (None for generative tasks)."""
     check_task(task)

@@ -362,3 +362,11 @@ def test_real_conll2003(data_dir: Path):
     names = label_names(data, "token-classification")
     assert names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
     assert not any(sentence[0] == "-DOCSTART-" for sentence in data["test"]["tokens"])
+
+
+def test_checkpoint_label_ids_match_names_then_indices():
+    from peftkit.data import checkpoint_label_ids
+
+    assert checkpoint_label_ids(["pos", "neg"], ["neg", "pos"]) == ([1, 0], [])  # another order
+    assert checkpoint_label_ids(["0", "1"], ["negative", "positive"]) == ([0, 1], [])  # SST-2's ids as indices
+    assert checkpoint_label_ids(["pos", "7", "x"], ["neg", "pos"]) == ([1, -1, -1], ["7", "x"])

@@ -82,25 +82,18 @@ def read_eval_file(path: str | Path, text_column: str, label_column: str, names:
     Labels are matched to the checkpoint's label names; integer labels whose names the checkpoint
     does not know (SST-2's 0/1 against a checkpoint labelled otherwise) are taken as indices.
     """
-    from ..data import load_data
+    from ..data import checkpoint_label_ids, load_data
 
     path = str(path)
     if not Path(path).is_file():
         raise ExportRefused([f"--eval {path}: no such file"])
     data = load_data(None, "classification", train=path, validation=path, text_column=text_column, label_column=label_column)
     rows = data["validation"]
-    file_names = rows.features["label"].names
-    index = {name: i for i, name in enumerate(names)}
-    mapping = {}
-    for j, name in enumerate(file_names):
-        if name in index:
-            mapping[j] = index[name]
-        elif name.lstrip("-").isdigit() and 0 <= int(name) < len(names):
-            mapping[j] = int(name)
-        else:
-            raise ExportRefused([f"--eval {path}: label {name!r} is none of the checkpoint's labels {names}; "
-                                 "give a file labelled with those names (or their indices)"])
-    return list(rows["text"]), [mapping[j] for j in rows["label"]]
+    ids, unknown = checkpoint_label_ids(rows.features["label"].names, names)
+    if unknown:
+        raise ExportRefused([f"--eval {path}: label {unknown[0]!r} is none of the checkpoint's labels {names}; "
+                             "give a file labelled with those names (or their indices)"])
+    return list(rows["text"]), [ids[j] for j in rows["label"]]
 
 
 def accuracy(predict: Callable[[dict[str, Any]], Any], tokenizer, texts: list[str], labels: list[int],
