@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import typing
+from typing import Any
 
 from peft import LoraConfig
 from torch import nn
 
 from ..targets import attention_targets
 from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
-from .base import Strategy
+from .base import Strategy, wrap_info
 from .options import Choice, Flag, Integer, Modules, Number
 
 # PEFT init schemes that need more than a name (a config of their own, or a pass over data before
@@ -52,6 +53,7 @@ class LoRA(Strategy):
         "init": True,  # PEFT's init_lora_weights: True, "gaussian", "pissa", "olora", ...
         "bias": "none",
         "modules_to_save": "auto",
+        "plus_ratio": 1,  # LoRA+ (Hayou et al. 2024): the B matrices train at plus_ratio x lr (e.g. 16)
     }
     option_rules = {
         "r": Integer(1),
@@ -63,8 +65,10 @@ class LoRA(Strategy):
         "init": InitRule(),
         "bias": Choice(["none", "all", "lora_only"]),
         "modules_to_save": Modules(optional=True),
+        "plus_ratio": Number(1),
     }
-    uses_peft = True
+    checkpoint_format = "peft"
+    plan_rank = 10
     mergeable = True
     default_lr = 5e-4
 
@@ -94,3 +98,22 @@ class LoRA(Strategy):
             fan_in_fan_out=has_conv1d(model, targets),
         )
         return apply_peft(model, config, "LoRA")
+
+    def param_groups(self, model: nn.Module, groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+        """LoRA+: each group's ``lora_B`` parameters move to a group of their own ("<name>_lora_plus")
+        at ``plus_ratio`` times the group's rate; the scheduler scales every group alike, so the ratio holds."""
+        info = wrap_info(model)
+        ratio = info.options.get("plus_ratio", 1) if info else 1
+        if ratio == 1:
+            return groups
+        b_ids = {id(p) for n, p in model.named_parameters() if ".lora_B." in n}
+        out = []
+        for group in groups:
+            b = [p for p in group["params"] if id(p) in b_ids]
+            rest = [p for p in group["params"] if id(p) not in b_ids]
+            if rest or not b:
+                out.append({**group, "params": rest})
+            if b:
+                out.append({**group, "name": f"{group.get('name', 'group')}_lora_plus", "params": b,
+                            "lr": group.get("lr", lr) * ratio})
+        return out
