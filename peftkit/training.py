@@ -888,6 +888,7 @@ class _Run:
             with torch.no_grad():
                 for name, value in self.best_weights.items():
                     params[name].copy_(value.to(params[name].device))
+            self.strategy.on_weights_restored(self.raw_model)
         split = "test" if "test" in self.loaders else "validation"
         metrics = evaluate(self.model, self.loaders[split], self.task, accelerator) if split in self.loaders else {}
         best_dir = out_dir / "best" if self.best_weights is not None else None

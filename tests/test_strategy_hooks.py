@@ -188,3 +188,45 @@ def test_main_suite_has_the_new_cells():
     cells = {c["name"]: c for c in yaml.safe_load((ROOT / "benchmarks/suites/main.yaml").read_text())["strategies"]}
     assert cells["adalora"]["strategy"] == "adalora"
     assert cells["lora-plus"]["options"]["plus_ratio"] == 16
+
+
+def test_adalora_records_the_ranks_of_the_weights_put_back(tmp_path):
+    """After load_best_at_end puts an earlier step's weights back, the saved ranks are that step's."""
+    import peftkit
+    from peftkit.strategies import strategy_of
+
+    model = peftkit.wrap(build_tiny("bert", "classification"), "adalora", init_r=4, target_r=2)
+    strategy = strategy_of(model)
+    e = [(n, p) for n, p in model.base_model.model.named_parameters() if ".lora_E." in n]
+    with torch.no_grad():
+        for i, (_, p) in enumerate(e):
+            p.copy_(torch.tensor([[0.5], [0.0], [0.3], [0.0]]) if i % 2 else torch.tensor([[0.0], [0.2], [0.0], [0.0]]))
+    # A later step's pattern, which the weights put back do not follow (it keeps entries that are zero now
+    # and drops entries that are not).
+    model.peft_config["default"].rank_pattern = {n: [True, False, False, True] for n, _ in e}
+    strategy.on_weights_restored(model)
+    assert {sum(m) for m in model.peft_config["default"].rank_pattern.values()} == {1, 2}
+    batch = {"input_ids": torch.randint(5, 90, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    reloaded = peftkit.load(peftkit.save(model, tmp_path / "ckpt"), base_model=build_tiny("bert", "classification"))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(**batch).logits, expected)
+
+
+@needs_tokenizer
+def test_loop_calls_on_weights_restored_when_it_puts_the_best_weights_back(assets, tmp_path, monkeypatch):
+    import peftkit
+    from peftkit.strategies.adalora import AdaLoRA
+
+    calls = []
+    original = AdaLoRA.on_weights_restored
+    monkeypatch.setattr(AdaLoRA, "on_weights_restored", lambda self, model: calls.append(1) or original(self, model))
+    model, result = _train(assets, tmp_path, "adalora", {"init_r": 6, "target_r": 2}, load_best_at_end=True)
+    assert calls == [1]
+    reloaded = peftkit.load(result.final_checkpoint)
+    batch = {"input_ids": torch.randint(5, 1000, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)

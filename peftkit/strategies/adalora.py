@@ -101,6 +101,19 @@ class AdaLoRA(Strategy):
         config.tinit, config.tfinal = tinit, tfinal
         model.base_model.rankallocator.set_total_step(total_steps)
 
+    def on_weights_restored(self, model: nn.Module) -> None:
+        """The best evaluation's weights came back, pruned by the ranks of that step: record those ranks
+        (the entries of E still non-zero), not the later ones, so that saving keeps what the weights use."""
+        config = _config(model)
+        if config.rank_pattern is None:
+            return
+        adapter = model.active_adapter
+        config.rank_pattern = {
+            name: (p != 0).view(-1).tolist()
+            for name, p in model.base_model.model.named_parameters()
+            if f"lora_E.{adapter}" in name
+        }
+
     def on_load(self, model: nn.Module) -> None:
         """PEFT 0.21 loads AdaLoRA for inference without the adapter name its forward reads for the
         orthogonality loss, so a forward with labels fails; name the loaded adapter."""

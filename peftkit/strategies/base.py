@@ -99,6 +99,9 @@ class Strategy:
     def on_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimizer step (``step`` counts from 1), with the gradients still there."""
 
+    def on_weights_restored(self, model: nn.Module) -> None:
+        """Called when the loop puts earlier weights back (the best evaluation's, at the end of a run)."""
+
     def on_load(self, model: nn.Module) -> None:
         """Called by `peftkit.load` on the model it rebuilt from a checkpoint (in PEFT's format or ours)."""
 
