@@ -13,9 +13,9 @@ from __future__ import annotations
 from peft import AdaLoraConfig
 from torch import nn
 
-from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
+from ._peft import apply_peft
 from .base import Strategy
-from .lora import resolve_targets
+from .lora import lora_family_settings
 from .options import Integer, Modules, Number
 
 
@@ -72,21 +72,15 @@ class AdaLoRA(Strategy):
             )
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
-        targets = resolve_targets(model, o["target_modules"])
         config = AdaLoraConfig(
-            task_type=task_type(task),
             init_r=o["init_r"],
             target_r=o["target_r"],
-            lora_alpha=o["alpha"],
-            lora_dropout=o["dropout"],
-            target_modules=targets,
             deltaT=o["delta_t"],
             beta1=o["beta1"],
             beta2=o["beta2"],
             orth_reg_weight=o["orth_reg_weight"],
             total_step=1,  # a placeholder: on_train_start sets the run's length
-            modules_to_save=heads_to_save(model, o["modules_to_save"]),
-            fan_in_fan_out=has_conv1d(model, targets),
+            **lora_family_settings(model, task, o),
         )
         return apply_peft(model, config, "AdaLoRA")
 

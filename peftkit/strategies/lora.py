@@ -40,6 +40,19 @@ def resolve_targets(model: nn.Module, target_modules) -> list[str] | str:
     return targets if isinstance(targets, str) else list(targets)
 
 
+def lora_family_settings(model: nn.Module, task: str, o: dict[str, Any]) -> dict[str, Any]:
+    """The LoraConfig fields LoRA and AdaLoRA set alike from their options."""
+    targets = resolve_targets(model, o["target_modules"])
+    return dict(
+        task_type=task_type(task),
+        lora_alpha=o["alpha"],
+        lora_dropout=o["dropout"],
+        target_modules=targets,
+        modules_to_save=heads_to_save(model, o["modules_to_save"]),
+        fan_in_fan_out=has_conv1d(model, targets),
+    )
+
+
 class LoRA(Strategy):
     name = "lora"
     summary = "low-rank updates on the attention projections (PEFT)"
@@ -83,19 +96,13 @@ class LoRA(Strategy):
             raise ValueError(f"lora option init='orthogonal' needs an even rank, got r={o['r']} (e.g. r={o['r'] + 1}).")
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
-        targets = resolve_targets(model, o["target_modules"])
         config = LoraConfig(
-            task_type=task_type(task),
             r=o["r"],
-            lora_alpha=o["alpha"],
-            lora_dropout=o["dropout"],
-            target_modules=targets,
             use_dora=o["use_dora"],
             use_rslora=o["use_rslora"],
             init_lora_weights=o["init"],
             bias=o["bias"],
-            modules_to_save=heads_to_save(model, o["modules_to_save"]),
-            fan_in_fan_out=has_conv1d(model, targets),
+            **lora_family_settings(model, task, o),
         )
         return apply_peft(model, config, "LoRA")
 
