@@ -256,6 +256,9 @@ def load(path: str | os.PathLike, base_model: nn.Module | str | None = None, tra
         model, restored = _attach(base_model, path, info, trainable)
     _release_reports(held, restored)
     setattr(model, INFO_ATTR, info)
+    spec = REGISTRY.get(info.strategy)
+    if spec is not None:
+        spec.on_load(model)
     return model
 
 

@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from .introspect import attention_modules, auto_class, check_task, head_module_names, transformer_blocks
+from .static import planner_order
 
 QUANTIZATIONS = (None, "8bit", "4bit")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
@@ -106,11 +107,11 @@ KBIT_BIAS_TEMPORARIES = 0.5
 DORA_SAVED = 2
 DORA_TEMPORARIES = 1
 
-# Order used to recommend a strategy when no benchmark results are shipped: LoRA matches full
-# fine-tuning at a fraction of the memory (Hu et al. 2021), adapters and IA3 come next, BitFit
-# and the soft-prompt methods trail on most tasks. Unquantized rows are preferred over 8-bit,
-# 8-bit over 4-bit (quantization costs a little quality).
-DEFAULT_ORDER = ("lora", "full", "adapter", "ia3", "bitfit", "prompt", "prefix")
+# Order used to recommend a strategy when no benchmark results are shipped, from each strategy's
+# plan_rank: LoRA matches full fine-tuning at a fraction of the memory (Hu et al. 2021), adapters
+# and IA3 come next, BitFit and the soft-prompt methods trail on most tasks. Unquantized rows are
+# preferred over 8-bit, 8-bit over 4-bit (quantization costs a little quality).
+DEFAULT_ORDER = planner_order()
 QUANTIZATION_ORDER = (None, "8bit", "4bit")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -63,7 +63,8 @@ def train_defaults() -> dict[str, Any]:
 
 @cache
 def strategy_catalog() -> dict[str, dict[str, Any]]:
-    """strategy name -> {"summary", "default_lr"}, in the order of `peftkit.strategies.STRATEGIES`."""
+    """strategy name -> {"summary", "default_lr", "plan_rank"}, in the order of `peftkit.strategies.STRATEGIES`
+    (the classes listed in its ``CLASSES`` tuple, each known by its ``name`` attribute)."""
     base = class_attributes("strategies.base", "Strategy")
     found = {}
     for file in sorted((PACKAGE / "strategies").glob("*.py")):
@@ -71,6 +72,23 @@ def strategy_catalog() -> dict[str, dict[str, Any]]:
             if isinstance(node, ast.ClassDef):
                 attrs = _literals(node.body)
                 if isinstance(attrs.get("name"), str):
-                    found[attrs["name"]] = {"summary": attrs.get("summary", base["summary"]),
-                                           "default_lr": attrs.get("default_lr", base["default_lr"])}
-    return {name: found[name] for name in constants("strategies")["STRATEGIES"]}
+                    found[node.name] = {"name": attrs["name"], "summary": attrs.get("summary", base["summary"]),
+                                        "default_lr": attrs.get("default_lr", base["default_lr"]),
+                                        "plan_rank": attrs.get("plan_rank", base["plan_rank"])}
+    entries = [found[name] for name in _class_list("strategies", "CLASSES")]
+    return {e.pop("name"): e for e in entries}
+
+
+def planner_order() -> tuple[str, ...]:
+    """`peftkit.strategies.planner_order` read from the source."""
+    catalog = strategy_catalog()
+    return tuple(sorted(catalog, key=lambda name: catalog[name]["plan_rank"]))
+
+
+def _class_list(module: str, constant: str) -> list[str]:
+    """The names in a module-level tuple of names, ``constant = (A, B, ...)`` (annotated or not)."""
+    for node in _tree(module).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == constant and isinstance(node.value, ast.Tuple):
+            return [element.id for element in node.value.elts if isinstance(element, ast.Name)]
+    raise LookupError(f"peftkit.{module} defines no tuple {constant} of names")

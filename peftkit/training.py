@@ -378,8 +378,8 @@ def parameter_groups(
 
     Each group is named (``"decay"``, ``"no_decay"``, and with ``head_lr`` ``"head_decay"``,
     ``"head_no_decay"``) and carries its own ``lr`` when ``lr`` is given: the task head's
-    parameters get ``head_lr``, the others ``lr``. Strategies that need their own groups
-    (LoRA+) extend this function.
+    parameters get ``head_lr``, the others ``lr``. A strategy that needs groups of its own
+    (LoRA+) adjusts these in its ``param_groups`` hook, which the training loop calls.
     """
     if head_lr is not None and lr is None:
         raise ValueError("parameter_groups: head_lr needs lr, the rate of the other parameters.")
@@ -413,10 +413,10 @@ def resolve_learning_rate(model: nn.Module, config: TrainConfig) -> float:
     """The configured lr, else the wrapped strategy's default (full fine-tuning's for a plain model)."""
     if config.lr is not None:
         return float(config.lr)
-    from .strategies import default_learning_rate, wrap_info
+    from .strategies import default_learning_rate, strategy_of, wrap_info
 
     info = wrap_info(model)
-    return default_learning_rate(info.strategy.split(":")[0] if info else "full")
+    return default_learning_rate(info.strategy.split(":")[0]) if info else strategy_of(model).default_lr
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -650,11 +650,15 @@ class _Run:
         if config.gradient_checkpointing:
             _enable_checkpointing(model)
         self.lr = resolve_learning_rate(model, config)
+        from .strategies import strategy_of
+
+        self.strategy = strategy_of(model)  # its hooks: the loop never asks which strategy it is
         groups = parameter_groups(model, config.weight_decay, lr=self.lr, head_lr=config.head_lr)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        optimizer = torch.optim.AdamW(self.strategy.param_groups(model, groups, self.lr), lr=self.lr)
         steps_per_epoch = math.ceil(len(train_dl) / config.gradient_accumulation_steps)
         self.epochs = resolve_epochs(config, steps_per_epoch)
         self.total_steps = config.max_steps or steps_per_epoch * self.epochs
+        self.strategy.on_train_start(model, self.total_steps)
         warmup = int(config.warmup_ratio * self.total_steps)
         scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
         prepared_objects = accelerator.prepare(model, optimizer, train_dl, scheduler, *loaders.values())
@@ -693,7 +697,7 @@ class _Run:
     def _record(self, model: nn.Module, run_info: dict[str, Any], resume_dir: Path | None, warmup: int) -> dict[str, Any]:
         """What run_config.yaml and the model cards say about this run."""
         from .runreport import command_line, data_files, library_versions, timestamp
-        from .strategies import wrap_info
+        from .strategies import strategy_of, wrap_info
 
         info = wrap_info(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -709,7 +713,7 @@ class _Run:
             "started": timestamp(),
             "resumed_from": str(resume_dir) if resume_dir is not None else None,
             "versions": library_versions(),
-            "model": {**identity, "path": run_info.get("model"), "format": info.format if info else "full",
+            "model": {**identity, "path": run_info.get("model"), "format": info.format if info else strategy_of(model).checkpoint_format,
                       "quantization": run_info.get("quantization"), "trainable_parameters": trainable,
                       "total_parameters": sum(p.numel() for p in model.parameters())},
             "task": self.identity["task"],
@@ -770,6 +774,8 @@ class _Run:
                 accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
+            if accelerator.sync_gradients:  # a complete optimizer step, its gradients not yet zeroed
+                self.strategy.on_step(self.raw_model, state.step + 1, self.total_steps)
             self.optimizer.zero_grad()
         return mean_loss
 
@@ -882,6 +888,7 @@ class _Run:
             with torch.no_grad():
                 for name, value in self.best_weights.items():
                     params[name].copy_(value.to(params[name].device))
+            self.strategy.on_weights_restored(self.raw_model)
         split = "test" if "test" in self.loaders else "validation"
         metrics = evaluate(self.model, self.loaders[split], self.task, accelerator) if split in self.loaders else {}
         best_dir = out_dir / "best" if self.best_weights is not None else None

@@ -17,13 +17,13 @@ from peftkit.strategies import adapter_parameter_count
 
 
 def test_public_api_surface():
-    assert peftkit.STRATEGIES == ("full", "lora", "adapter", "bitfit", "prefix", "prompt", "ia3")
+    assert peftkit.STRATEGIES == ("full", "lora", "adalora", "adapter", "bitfit", "prefix", "prompt", "ia3")
     for name in ("wrap", "count_parameters", "save", "load", "merge"):
         assert callable(getattr(peftkit, name))
 
 
 def test_unknown_strategy_lists_valid_ones():
-    with pytest.raises(ValueError, match="Unknown strategy 'loraa'.*full, lora, adapter, bitfit, prefix, prompt, ia3"):
+    with pytest.raises(ValueError, match="Unknown strategy 'loraa'.*" + ", ".join(peftkit.STRATEGIES)):
         peftkit.wrap(build_tiny("bert", "classification"), "loraa")
 
 

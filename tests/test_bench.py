@@ -197,9 +197,9 @@ def test_shipped_suites_are_valid(monkeypatch, tmp_path):
     main = suites["main"]
     assert [t.name for t in main.tasks] == ["sst2", "banking77", "conll2003"]
     assert {s.name for s in main.strategies} == {
-        "full", "lora", "lora-dora", "adapter-pfeiffer", "adapter-houlsby", "bitfit", "ia3", "prompt", "prefix",
-        "lora-4bit", "lora-8bit", "adapter-4bit", "bitfit-4bit"}
-    assert len(main.cells()) == 3 * 13 + 2 and all(t.hub_id for t in main.tasks)
+        "full", "lora", "lora-dora", "lora-plus", "adalora", "adapter-pfeiffer", "adapter-houlsby", "bitfit", "ia3",
+        "prompt", "prefix", "lora-4bit", "lora-8bit", "adapter-4bit", "bitfit-4bit"}
+    assert len(main.cells()) == 3 * 15 + 2 and all(t.hub_id for t in main.tasks)
     assert main.task("sst2").train == str(tmp_path / "sst2" / "train.tsv")
     llm = suites["llm"]
     assert llm.tasks[0].test_size == 500 and llm.tasks[0].metric == "exact_match"

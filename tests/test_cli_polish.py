@@ -80,7 +80,8 @@ def test_static_readings_match_the_modules():
     from peftkit.training import PRECISIONS, TrainConfig
 
     assert {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING} == train_defaults()
-    assert strategy_catalog() == {n: {"summary": REGISTRY[n].summary, "default_lr": REGISTRY[n].default_lr} for n in STRATEGIES}
+    assert strategy_catalog() == {n: {"summary": REGISTRY[n].summary, "default_lr": REGISTRY[n].default_lr,
+                                      "plan_rank": REGISTRY[n].plan_rank} for n in STRATEGIES}
     assert (constants("memory")["OPTIMIZERS"], constants("memory")["DEVICES"]) == (OPTIMIZERS, DEVICES)
     assert constants("training")["PRECISIONS"] == PRECISIONS
 

@@ -13,7 +13,7 @@ from peftkit.introspect import auto_class, head_module_names
 from peftkit.strategies import BottleneckAdapter
 
 # Strategies whose freshly wrapped model must compute exactly what the base model did.
-IDENTITY_AT_INIT = ("full", "lora", "adapter", "ia3", "bitfit")
+IDENTITY_AT_INIT = ("full", "lora", "adalora", "adapter", "ia3", "bitfit")
 # Architectures whose backbone has no bias terms: BitFit must refuse them.
 BIAS_FREE = {"llama", "t5"}  # Qwen2 has q/k/v biases, so BitFit applies
 
@@ -39,6 +39,7 @@ def peft_refuses(arch: str, task: str, strategy: str) -> bool:
 # Which parameter names may train under each strategy (task-head parameters aside).
 TRAINABLE_MARK = {
     "lora": ("lora_",),
+    "adalora": ("lora_",),
     "ia3": ("ia3_",),
     "adapter": (".adapter.",),
     "prefix": ("prompt_encoder",),

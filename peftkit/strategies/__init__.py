@@ -10,6 +10,7 @@ from torch import nn
 
 from ..introspect import check_task, head_module_names, infer_task
 from ._peft import apply_peft, task_type
+from .adalora import AdaLoRA
 from .adapter import Adapter, BottleneckAdapter, adapter_parameter_count
 from .base import INFO_ATTR, Strategy, WrapInfo, wrap_info
 from .bitfit import BitFit
@@ -18,10 +19,11 @@ from .ia3 import IA3
 from .lora import LoRA
 from .prompt import PrefixTuning, PromptTuning
 
-REGISTRY: dict[str, Strategy] = {
-    s.name: s() for s in (Full, LoRA, Adapter, BitFit, PrefixTuning, PromptTuning, IA3)
-}
-STRATEGIES: tuple[str, ...] = ("full", "lora", "adapter", "bitfit", "prefix", "prompt", "ia3")
+# The one list of strategies, in the order they are shown. peftkit.static reads the class names
+# here (and each class's `name`) from the source, so that `peftkit --help` needs no torch.
+CLASSES: tuple[type[Strategy], ...] = (Full, LoRA, AdaLoRA, Adapter, BitFit, PrefixTuning, PromptTuning, IA3)
+REGISTRY: dict[str, Strategy] = {cls.name: cls() for cls in CLASSES}
+STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = [
     "REGISTRY",
@@ -32,6 +34,8 @@ __all__ = [
     "adapter_parameter_count",
     "default_learning_rate",
     "get_strategy",
+    "planner_order",
+    "strategy_of",
     "wrap",
     "wrap_info",
 ]
@@ -51,6 +55,18 @@ def get_strategy(name: str) -> Strategy:
 def default_learning_rate(strategy: str) -> float:
     """A sensible learning rate for a strategy (PEFT configs use LoRA's)."""
     return REGISTRY[strategy].default_lr if strategy in REGISTRY else LoRA.default_lr
+
+
+def planner_order() -> tuple[str, ...]:
+    """Strategy names in the order the planner recommends them when no benchmark results rank them."""
+    return tuple(sorted(STRATEGIES, key=lambda name: REGISTRY[name].plan_rank))
+
+
+def strategy_of(model: nn.Module) -> Strategy:
+    """The strategy whose hooks the training loop calls for ``model``: the wrapped one; full fine-tuning
+    for a plain model (all of it trains); a plain `Strategy`, whose hooks do nothing, for a PEFT config."""
+    info = wrap_info(model)
+    return REGISTRY.get(info.strategy, Strategy()) if info else REGISTRY[Full.name]
 
 
 def _check_not_wrapped(model: nn.Module) -> None:
@@ -99,7 +115,6 @@ def wrap(model: nn.Module, strategy: str | PeftConfig, task: str | None = None, 
         if task not in spec.tasks:
             raise ValueError(f"Strategy {spec.name!r} does not support task {task!r}.")
         wrapped = spec.apply(model, task, **resolved)
-        fmt = "peft" if spec.uses_peft else ("full" if spec.name == "full" else "peftkit")
-        info = WrapInfo(spec.name, resolved, task, base, fmt)
+        info = WrapInfo(spec.name, resolved, task, base, spec.checkpoint_format)
     setattr(wrapped, INFO_ATTR, info)
     return wrapped

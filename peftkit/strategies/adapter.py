@@ -70,6 +70,7 @@ def _adapter_dtype(layer: nn.Module) -> torch.dtype:
 
 class Adapter(Strategy):
     name = "adapter"
+    plan_rank = 30
     summary = "bottleneck adapters after attention and/or feed-forward outputs (ours)"
     options = {"reduction_factor": 16, "placement": "pfeiffer", "activation": "relu", "modules_to_save": "auto"}
     option_rules = {

@@ -55,7 +55,10 @@ class Strategy:
     name: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
     option_rules: ClassVar[dict[str, Rule]] = {}
-    uses_peft: ClassVar[bool] = False  # saved in PEFT's format, loaded by PeftModel
+    # How a checkpoint holds it: "peft" (PEFT's own files), "peftkit" (the trained tensors), "full".
+    # "peft" is loaded back by PeftModel.
+    checkpoint_format: ClassVar[str] = "peftkit"
+    plan_rank: ClassVar[int] = 100  # the planner's order when no benchmark results rank it: lower first
     mergeable: ClassVar[bool] = False
     merge_refusal: ClassVar[str] = ""
     quantized_base: ClassVar[bool] = True  # works on an 8-bit / 4-bit base model
@@ -83,6 +86,24 @@ class Strategy:
 
     def apply(self, model: nn.Module, task: str, **options: Any) -> nn.Module:
         raise NotImplementedError
+
+    # ---- hooks the training loop calls on the wrapped model's strategy (it never tests names)
+
+    def param_groups(self, model: nn.Module, groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (`peftkit.training.parameter_groups`), adjusted or as they are."""
+        return groups
+
+    def on_train_start(self, model: nn.Module, total_steps: int) -> None:
+        """Called once before the first step with the run's length in optimizer steps."""
+
+    def on_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called after each optimizer step (``step`` counts from 1), with the gradients still there."""
+
+    def on_weights_restored(self, model: nn.Module) -> None:
+        """Called when the loop puts earlier weights back (the best evaluation's, at the end of a run)."""
+
+    def on_load(self, model: nn.Module) -> None:
+        """Called by `peftkit.load` on the model it rebuilt from a checkpoint (in PEFT's format or ours)."""
 
 
 def freeze(model: nn.Module) -> None:

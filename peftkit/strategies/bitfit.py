@@ -10,6 +10,7 @@ from .base import Strategy, freeze, unfreeze_heads
 
 class BitFit(Strategy):
     name = "bitfit"
+    plan_rank = 50
     summary = "only bias terms (and the task head) train"
     mergeable = True  # the biases live in the model already
     default_lr = 2e-3

@@ -10,6 +10,8 @@ from .base import Strategy
 
 class Full(Strategy):
     name = "full"
+    checkpoint_format = "full"
+    plan_rank = 20
     summary = "every parameter trains"
     mergeable = True
     quantized_base = False

@@ -20,7 +20,8 @@ class IA3(Strategy):
         "feedforward_modules": Modules(optional=True),
         "modules_to_save": Modules(optional=True),
     }
-    uses_peft = True
+    checkpoint_format = "peft"
+    plan_rank = 40
     mergeable = True
     default_lr = 3e-3
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import typing
+from typing import Any
 
 from peft import LoraConfig
 from torch import nn
 
 from ..targets import attention_targets
 from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
-from .base import Strategy
+from .base import Strategy, wrap_info
 from .options import Choice, Flag, Integer, Modules, Number
 
 # PEFT init schemes that need more than a name (a config of their own, or a pass over data before
@@ -39,6 +40,19 @@ def resolve_targets(model: nn.Module, target_modules) -> list[str] | str:
     return targets if isinstance(targets, str) else list(targets)
 
 
+def lora_family_settings(model: nn.Module, task: str, o: dict[str, Any]) -> dict[str, Any]:
+    """The LoraConfig fields LoRA and AdaLoRA set alike from their options."""
+    targets = resolve_targets(model, o["target_modules"])
+    return dict(
+        task_type=task_type(task),
+        lora_alpha=o["alpha"],
+        lora_dropout=o["dropout"],
+        target_modules=targets,
+        modules_to_save=heads_to_save(model, o["modules_to_save"]),
+        fan_in_fan_out=has_conv1d(model, targets),
+    )
+
+
 class LoRA(Strategy):
     name = "lora"
     summary = "low-rank updates on the attention projections (PEFT)"
@@ -52,6 +66,7 @@ class LoRA(Strategy):
         "init": True,  # PEFT's init_lora_weights: True, "gaussian", "pissa", "olora", ...
         "bias": "none",
         "modules_to_save": "auto",
+        "plus_ratio": 1,  # LoRA+ (Hayou et al. 2024): the B matrices train at plus_ratio x lr (e.g. 16)
     }
     option_rules = {
         "r": Integer(1),
@@ -63,8 +78,10 @@ class LoRA(Strategy):
         "init": InitRule(),
         "bias": Choice(["none", "all", "lora_only"]),
         "modules_to_save": Modules(optional=True),
+        "plus_ratio": Number(1),
     }
-    uses_peft = True
+    checkpoint_format = "peft"
+    plan_rank = 10
     mergeable = True
     default_lr = 5e-4
 
@@ -79,18 +96,31 @@ class LoRA(Strategy):
             raise ValueError(f"lora option init='orthogonal' needs an even rank, got r={o['r']} (e.g. r={o['r'] + 1}).")
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
-        targets = resolve_targets(model, o["target_modules"])
         config = LoraConfig(
-            task_type=task_type(task),
             r=o["r"],
-            lora_alpha=o["alpha"],
-            lora_dropout=o["dropout"],
-            target_modules=targets,
             use_dora=o["use_dora"],
             use_rslora=o["use_rslora"],
             init_lora_weights=o["init"],
             bias=o["bias"],
-            modules_to_save=heads_to_save(model, o["modules_to_save"]),
-            fan_in_fan_out=has_conv1d(model, targets),
+            **lora_family_settings(model, task, o),
         )
         return apply_peft(model, config, "LoRA")
+
+    def param_groups(self, model: nn.Module, groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+        """LoRA+: each group's ``lora_B`` parameters move to a group of their own ("<name>_lora_plus")
+        at ``plus_ratio`` times the group's rate; the scheduler scales every group alike, so the ratio holds."""
+        info = wrap_info(model)
+        ratio = info.options.get("plus_ratio", 1) if info else 1
+        if ratio == 1:
+            return groups
+        b_ids = {id(p) for n, p in model.named_parameters() if ".lora_B." in n}
+        out = []
+        for group in groups:
+            b = [p for p in group["params"] if id(p) in b_ids]
+            rest = [p for p in group["params"] if id(p) not in b_ids]
+            if rest or not b:
+                out.append({**group, "params": rest})
+            if b:
+                out.append({**group, "name": f"{group.get('name', 'group')}_lora_plus", "params": b,
+                            "lr": group.get("lr", lr) * ratio})
+        return out

@@ -20,7 +20,8 @@ class PromptTuning(Strategy):
     summary = "trainable virtual tokens prepended to the input embeddings (PEFT)"
     options = {"num_virtual_tokens": 20, "modules_to_save": "auto"}
     option_rules = {"num_virtual_tokens": Integer(1), "modules_to_save": Modules(optional=True)}
-    uses_peft = True
+    checkpoint_format = "peft"
+    plan_rank = 60
     merge_refusal = _NOT_MERGEABLE.format(name="Prompt tuning")
     default_lr = 3e-2
 
@@ -39,7 +40,8 @@ class PrefixTuning(Strategy):
     summary = "trainable key/value prefixes in every attention layer (PEFT)"
     options = {"num_virtual_tokens": 20, "prefix_projection": False, "modules_to_save": "auto"}
     option_rules = {"num_virtual_tokens": Integer(1), "prefix_projection": Flag(), "modules_to_save": Modules(optional=True)}
-    uses_peft = True
+    checkpoint_format = "peft"
+    plan_rank = 70
     merge_refusal = _NOT_MERGEABLE.format(name="Prefix tuning")
     default_lr = 1e-2
 
