@@ -45,7 +45,7 @@ def _cells(results_dir: Path) -> tuple[dict, list[dict]]:
 
 def components(results: dict, rows: list[dict]) -> list[dict]:
     """Per cell: measured peak, the planner's prediction without its fitted terms, quantized values."""
-    from peftkit.bench.cell import model_source
+    from peftkit.bench.common import model_source
     from peftkit.bench.runner import label_counter
     from peftkit.bench.suite import load_suite
     from peftkit.memory import CPU_GATED_TEMPORARIES_SCALE, activation_bytes, plan

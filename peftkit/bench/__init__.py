@@ -4,8 +4,9 @@
     peftkit bench --report benchmarks/results/main       # rebuild results.md and plots from results.json
     python -m peftkit.bench ...                          # the same without the peftkit command
 
-Modules: `suite` (the YAML schema and its validation), `cell` (one cell, in its own process),
-`measure` (peak memory), `runner` (the suite, results.json / results.csv), `report` (results.md
+Modules: `suite` (the YAML schema and its validation), `cell` (one cell, in its own process), `common`
+(what a cell and the baselines share: device, model, data), `results` (results.json / results.csv),
+`measure` (peak memory), `runner` (runs the suite, a cell per process), `report` (results.md
 and the PNG plots), `baselines` (HF Trainer and a hand-written Accelerate loop for one LoRA cell).
 
 For peftkit.cli: ``add_bench_parser(subparsers)`` adds the ``bench`` subcommand (its handler is
@@ -89,7 +90,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def _list_cells(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .runner import default_output_dir, read_results, select_cells
+    from .results import read_results
+    from .runner import default_output_dir, select_cells
     from .suite import CellKey
 
     suite = load_suite(args.suite)

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .runner import RESULTS_JSON, read_results, write_csv
+from .results import RESULTS_JSON, read_results, write_csv
 from .suite import BASELINE_STRATEGIES
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H")
