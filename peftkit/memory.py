@@ -896,20 +896,6 @@ def plan(
     return result
 
 
-def predict_peak(model: Any, task: str, strategy: str, quantization: str | None = None, batch_size: int = 32,
-                 seq_len: int = 128, device: str = "cpu", **options: Any) -> int | None:
-    """The predicted peak bytes of one cell (None when `wrap` refuses it); what the benchmarks record.
-
-    ``options`` are the strategy's `wrap` options (e.g. ``use_dora=True``); ``num_labels``,
-    ``optimizer`` and ``gradient_checkpointing`` pass through to `plan`.
-    """
-    settings = {k: options.pop(k) for k in ("num_labels", "optimizer", "gradient_checkpointing") if k in options}
-    extra = {strategy: options} if options else {}
-    row = plan(model, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy],
-               quantization=[quantization], device=device, **settings, **extra).row(strategy, quantization)
-    return None if row.error else row.predicted_peak
-
-
 # --------------------------------------------------------------------------- recommendation
 
 def default_results_dir() -> Path:

@@ -9,8 +9,8 @@ Modules: `suite` (the YAML schema and its validation), `cell` (one cell, in its 
 `measure` (peak memory), `runner` (runs the suite, a cell per process), `report` (results.md
 and the PNG plots), `baselines` (HF Trainer and a hand-written Accelerate loop for one LoRA cell).
 
-For peftkit.cli: ``add_bench_parser(subparsers)`` adds the ``bench`` subcommand (its handler is
-`run_bench`); ``setup_bench_parser(parser)`` fills an existing parser and returns the handler.
+For peftkit.cli: ``setup_bench_parser(parser)`` fills an existing parser and returns the handler,
+`run_bench`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 
 from .suite import SuiteError, load_suite
 
-__all__ = ["SuiteError", "add_bench_parser", "load_suite", "run_bench", "setup_bench_parser"]
+__all__ = ["SuiteError", "load_suite", "run_bench", "setup_bench_parser"]
 
 HELP = "run a benchmark suite (every strategy side by side), or rebuild its report"
 
@@ -43,13 +43,6 @@ def setup_bench_parser(p: argparse.ArgumentParser):
     p.add_argument("--list", action="store_true", help="list the suite's cells and whether they are done, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return run_bench
-
-
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """``peftkit bench``: add the subcommand to an ``add_subparsers()`` object."""
-    p = subparsers.add_parser("bench", help=HELP, description=HELP)
-    p.set_defaults(handler=setup_bench_parser(p))
-    return p
 
 
 def run_bench(args: argparse.Namespace) -> int:

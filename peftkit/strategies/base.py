@@ -58,7 +58,6 @@ class Strategy:
     uses_peft: ClassVar[bool] = False  # saved in PEFT's format, loaded by PeftModel
     mergeable: ClassVar[bool] = False
     merge_refusal: ClassVar[str] = ""
-    quantized_base: ClassVar[bool] = True  # works on an 8-bit / 4-bit base model
     tasks: ClassVar[tuple[str, ...]] = TASKS
     default_lr: ClassVar[float] = 1e-3
     summary: ClassVar[str] = ""

@@ -12,7 +12,6 @@ class Full(Strategy):
     name = "full"
     summary = "every parameter trains"
     mergeable = True
-    quantized_base = False
     default_lr = 2e-5
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
