@@ -140,7 +140,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
     p.add_argument("--option", dest="option", action="append", metavar="KEY=VALUE", help="a strategy option, repeatable, "
                    "e.g. --option r=16 (default: the strategy's own values)")
     p.add_argument("--strategy-options", type=json.loads, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model quantized with bitsandbytes; "
+    quantized = [q for q in constants("loading")["QUANTIZATIONS"] if q]
+    p.add_argument("--quantization", choices=quantized, help="load the base model quantized with bitsandbytes; "
                    "QLoRA is --quantization 4bit --strategy lora (default: full precision)")
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data "
                    f"(default: {constants('training')['DEFAULT_EPOCHS']}, or more on small data to reach --set "
@@ -562,7 +563,8 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", help='memory budget, e.g. "16GiB", "24GB", "8000MB" (default: none, no verdict)')
     p.add_argument("--strategies", nargs="+", choices=strategies, metavar="STRATEGY",
                    help=f"strategies to plan (default: all of {', '.join(strategies)})")
-    p.add_argument("--quantization", nargs="+", choices=["none", "8bit", "4bit"], default=["none", "8bit", "4bit"],
+    quantizations = [q or "none" for q in constants("loading")["QUANTIZATIONS"]]
+    p.add_argument("--quantization", nargs="+", choices=quantizations, default=quantizations,
                    help="base-model precisions to plan (default: none 8bit 4bit)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="plan with gradient checkpointing (default: off)")
     p.add_argument("--optimizer", default="adamw", choices=memory["OPTIMIZERS"], help=f"{', '.join(memory['OPTIMIZERS'])} (default: adamw)")

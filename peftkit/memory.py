@@ -65,9 +65,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .introspect import attention_modules, auto_class, check_task, head_module_names, transformer_blocks
+from .introspect import attention_modules, auto_class, check_task, full_precision_modules, transformer_blocks
+from .loading import QUANTIZATIONS
 
-QUANTIZATIONS = (None, "8bit", "4bit")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
 DEVICES = ("cpu", "cuda")
 
@@ -111,7 +111,7 @@ DORA_TEMPORARIES = 1
 # and the soft-prompt methods trail on most tasks. Unquantized rows are preferred over 8-bit,
 # 8-bit over 4-bit (quantization costs a little quality).
 DEFAULT_ORDER = ("lora", "full", "adapter", "ia3", "bitfit", "prompt", "prefix")
-QUANTIZATION_ORDER = (None, "8bit", "4bit")
+QUANTIZATION_ORDER = QUANTIZATIONS
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -219,10 +219,7 @@ def build_skeleton(config, task: str, quantization: str | None = None) -> nn.Mod
 
         from .loading import prepare_for_kbit_training, quantization_config
 
-        keep = head_module_names(model)
-        out = model.get_output_embeddings()
-        keep += [n for n, m in model.named_modules() if out is not None and m is out]
-        keep = sorted(set(keep)) + list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        keep = full_precision_modules(model) + list(getattr(model, "_keep_in_fp32_modules", None) or [])
         with _quiet():
             model = replace_with_bnb_linear(model, modules_to_not_convert=keep,
                                             quantization_config=quantization_config(quantization, sorted(set(keep))))
@@ -803,7 +800,7 @@ def plan(
     batch_size: int = 32,
     seq_len: int = 128,
     strategies: Sequence[str] | None = None,
-    quantization: Sequence[str | None] | str | None = (None, "8bit", "4bit"),
+    quantization: Sequence[str | None] | str | None = QUANTIZATIONS,
     gradient_checkpointing: bool = False,
     optimizer: str = "adamw",
     budget: str | int | None = None,

@@ -85,6 +85,20 @@ def test_static_readings_match_the_modules():
     assert constants("training")["PRECISIONS"] == PRECISIONS
 
 
+def test_quantizations_are_defined_once():
+    """The planner, the suite schema and the CLI choices all take peftkit.loading's QUANTIZATIONS."""
+    from peftkit import loading, memory
+    from peftkit.bench import suite
+    from peftkit.cli import build_parser
+    from peftkit.static import constants
+
+    assert constants("loading")["QUANTIZATIONS"] == loading.QUANTIZATIONS == suite.QUANTIZATIONS
+    assert memory.QUANTIZATIONS is loading.QUANTIZATIONS
+    plan = next(a for a in build_parser()[1]["plan"]._actions if a.dest == "quantization")
+    train = next(a for a in build_parser()[1]["train"]._actions if a.dest == "quantization")
+    assert plan.choices == plan.default == ["none", "8bit", "4bit"] and train.choices == ["8bit", "4bit"]
+
+
 # --------------------------------------------------------------------------- help text (item 15)
 
 

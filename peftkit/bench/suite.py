@@ -46,13 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..static import constants
+
 TASK_TYPES = ("classification", "token-classification", "causal-lm")
 METRICS = {
     "classification": ("accuracy", "f1"),
     "token-classification": ("f1", "precision", "recall", "accuracy"),
     "causal-lm": ("exact_match",),
 }
-QUANTIZATIONS = (None, "8bit", "4bit")
+QUANTIZATIONS = constants("loading")["QUANTIZATIONS"]  # defined in peftkit.loading (read without torch)
 DEVICES = ("cpu", "cuda", "auto")
 BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
 # A cell that trains nothing: the model as loaded, scored on the test split (the "before" row).
