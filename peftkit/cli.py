@@ -469,8 +469,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipes_dir() -> Path | None:
-    here = Path(__file__).resolve().parents[1] / "recipes"
+def _recipes_dir(folder: str | None = None) -> Path | None:
+    """``--recipes DIR``, else ``recipes/`` in the working directory (a source checkout), else None."""
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--recipes {folder}: no such folder (give the recipes/ folder of a peftkit checkout).")
+        return Path(folder)
+    here = Path("recipes")
+    return here if here.is_dir() else None
+
+
+def plan_scores_dir(folder: str | None = None) -> Path | None:
+    """Where `peftkit plan` reads benchmark scores: ``--scores DIR``, else $PEFTKIT_BENCHMARK_RESULTS, else
+    ``benchmarks/results`` in the working directory when there is one (a source checkout), else None (the
+    recommendation then follows peftkit's default order)."""
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--scores {folder}: no such folder (give a folder holding benchmark results.json files).")
+        return Path(folder)
+    env = os.environ.get("PEFTKIT_BENCHMARK_RESULTS")
+    if env:
+        return Path(env)
+    here = Path("benchmarks") / "results"
     return here if here.is_dir() else None
 
 
@@ -482,7 +502,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for name, spec in strategy_catalog().items():
             print(f"  {name:<8} lr {spec['default_lr']:<7g} {spec['summary']}")
     if args.what in ("all", "recipes"):
-        folder = _recipes_dir()
+        folder = _recipes_dir(getattr(args, "recipes", None))
         print("recipes:" + ("" if folder else "  (ship with the source repository: recipes/)"))
         for name, summary in RECIPES.items():
             print(f"  {name:<14} {summary}")
@@ -547,6 +567,8 @@ def _setup_merge(p: argparse.ArgumentParser) -> Callable:
 def _setup_ls(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("what", nargs="?", default="all", choices=["all", "strategies", "recipes"],
                    help="what to list (default: all)")
+    p.add_argument("--recipes", metavar="DIR", help="the recipes folder whose configs to list (default: recipes/ in "
+                   "the working directory, when there is one)")
     return cmd_ls
 
 
@@ -570,6 +592,9 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="adamw", choices=memory["OPTIMIZERS"], help=f"{', '.join(memory['OPTIMIZERS'])} (default: adamw)")
     p.add_argument("--device", default="cpu", choices=memory["DEVICES"], help="where training runs (default: cpu)")
     p.add_argument("--num-labels", type=int, default=None, metavar="N", help="labels of a classification head (default: the config's)")
+    p.add_argument("--scores", metavar="DIR", help="benchmark results (results.json files) to rank strategies by "
+                   "(default: $PEFTKIT_BENCHMARK_RESULTS, else benchmarks/results in the working directory when there "
+                   "is one, else peftkit's default order)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table (default: the table)")
 
 

@@ -57,7 +57,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -677,7 +677,7 @@ class Plan:
     budget: int | None
     rows: list[Row]
     results_used: str | None = None
-    results_dir: str | os.PathLike | None = None
+    scores: dict[tuple[str, str | None], float] | None = None
     _profiles: list[_Profile] = field(default_factory=list, repr=False)
     _dtype: torch.dtype = field(default=torch.float32, repr=False)
     _recommendation: Recommendation | None = field(default=None, repr=False)
@@ -699,7 +699,7 @@ class Plan:
         """The same plan at another batch size, sequence length or checkpointing setting."""
         other = Plan(self.model, self.task, batch_size or self.batch_size, seq_len or self.seq_len, self.device,
                      self.optimizer, self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
-                     self.budget, [], self.results_used, self.results_dir, _dtype=self._dtype)
+                     self.budget, [], self.results_used, self.scores, _dtype=self._dtype)
         for p in self._profiles:
             row = copy.deepcopy(p.row)
             other._profiles.append(_Profile(row, p.structure, p.weights, p.trainable_tensors))
@@ -806,6 +806,7 @@ def plan(
     budget: str | int | None = None,
     device: str = "cpu",
     num_labels: int | None = None,
+    scores: Mapping[tuple[str, str | None], float] | None = None,
     results_dir: str | os.PathLike | None = None,
     **strategy_options: dict[str, Any],
 ) -> Plan:
@@ -817,8 +818,10 @@ def plan(
     "8bit", "4bit" (one value or a sequence). ``budget``: bytes or a string like "16GiB";
     rows get ``fits`` and ``plan.recommend`` picks among those that fit. ``device``: "cpu" or
     "cuda" (sets dtypes, attention kernels and the overhead constant). ``strategy_options``:
-    per-strategy options for `wrap`, e.g. ``lora={"r": 16}``. ``results_dir``: benchmark results
-    to rank strategies by (default: benchmarks/results next to the package).
+    per-strategy options for `wrap`, e.g. ``lora={"r": 16}``. ``scores``: measured quality to
+    rank strategies by, ``{(strategy, quantization): score}`` with higher better (what
+    `benchmark_scores` returns); ``results_dir``: a folder of benchmark results to read them from
+    instead. With neither, the recommendation follows `DEFAULT_ORDER` (no file is read).
     """
     from .parameters import count_parameters
     from .strategies import STRATEGIES, wrap
@@ -841,10 +844,16 @@ def plan(
     if unknown:
         raise ValueError(f"Options given for strategies not planned: {sorted(unknown)}. Planned: {names}.")
     budget_bytes = parse_budget(budget)
+    used = None
+    if results_dir is not None:
+        if scores is not None:
+            raise ValueError("Pass scores= or results_dir= (a folder to read the scores from), not both.")
+        scores, files = benchmark_scores(task, results_dir)
+        used = ", ".join(files) if scores else None
     config = load_config(model, task, num_labels)
     label = str(model) if not hasattr(model, "to_dict") else getattr(config, "_name_or_path", "") or config.model_type
     result = Plan(label, task, batch_size, seq_len, device, optimizer, gradient_checkpointing, budget_bytes, [],
-                  results_dir=results_dir, _dtype=_compute_dtype(config, device))
+                  results_used=used, scores=dict(scores) if scores else None, _dtype=_compute_dtype(config, device))
     twin = None
     twin_checked = False
     for q in quants:
@@ -895,12 +904,6 @@ def plan(
 
 # --------------------------------------------------------------------------- recommendation
 
-def default_results_dir() -> Path:
-    """benchmarks/results beside the package (a source checkout), or $PEFTKIT_BENCHMARK_RESULTS."""
-    env = os.environ.get("PEFTKIT_BENCHMARK_RESULTS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-
-
 def _result_rows(data: Any) -> list[dict]:
     if isinstance(data, list):
         return [r for r in data if isinstance(r, dict)]
@@ -911,7 +914,7 @@ def _result_rows(data: Any) -> list[dict]:
     return []
 
 
-def benchmark_scores(task: str, results_dir: str | os.PathLike | None = None) -> tuple[dict[tuple[str, str | None], float], list[str]]:
+def benchmark_scores(task: str, results_dir: str | os.PathLike) -> tuple[dict[tuple[str, str | None], float], list[str]]:
     """Per (strategy, quantization): the mean over benchmark groups of its metric / the group's best.
 
     Reads every ``results.json`` under ``results_dir`` (the benchmark suite's format: a list of
@@ -922,7 +925,7 @@ def benchmark_scores(task: str, results_dir: str | os.PathLike | None = None) ->
     planner's calibration suites (``calibration*``: scored on their training data) and rows of
     other task types (``task_type``) are left out, unless no row matches ``task``.
     """
-    root = Path(results_dir) if results_dir else default_results_dir()
+    root = Path(results_dir)
     files = sorted(root.glob("**/results.json")) if root.is_dir() else []
     rows = []
     for path in files:
@@ -968,8 +971,7 @@ def recommend(plan: Plan) -> Recommendation:
     usable = [r for r in plan.rows if r.ok]
     if not usable:
         return Recommendation(None, "Every strategy was refused for this model and task; see the errors in the table.")
-    scores, files = benchmark_scores(plan.task, plan.results_dir)
-    plan.results_used = ", ".join(files) if scores else None
+    scores = plan.scores or {}
     basis = ("best measured strategy in the shipped benchmark results" if scores
              else f"first in peftkit's default order ({', '.join(DEFAULT_ORDER)}; unquantized first)")
     fitting = [r for r in usable if r.fits is not False]
@@ -1043,11 +1045,14 @@ def run_plan(args: argparse.Namespace) -> int:
     """`peftkit plan`: print the table (or JSON) and the recommendation; 1 with the error on bad input."""
     import sys
 
+    from .cli import plan_scores_dir
+
     try:
         result = plan(args.model, task=args.task, batch_size=args.batch_size, seq_len=args.seq_len,
                       strategies=args.strategies, quantization=[None if q == "none" else q for q in args.quantization],
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer,
-                      budget=args.budget, device=args.device, num_labels=args.num_labels)
+                      budget=args.budget, device=args.device, num_labels=args.num_labels,
+                      results_dir=plan_scores_dir(getattr(args, "scores", None)))
     except (OSError, ValueError) as err:
         print(f"peftkit plan: error: {err}", file=sys.stderr)
         return 1

@@ -382,3 +382,18 @@ def test_hub_ids_resolve_to_the_packaged_copies(tmp_path):
     check_model_path("org/name")  # a hub id: not checked here
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         check_model_path(str(tmp_path / "missing"))
+
+
+def test_ls_lists_the_recipes_folder_it_is_given(tmp_path, monkeypatch, capsys):
+    """`peftkit ls` reads recipes/ of the working directory or --recipes DIR, never the package's location."""
+    from peftkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["ls", "recipes"]) == 0
+    assert "ship with the source repository" in capsys.readouterr().out
+    (tmp_path / "mine" / "configs").mkdir(parents=True)
+    (tmp_path / "mine" / "configs" / "tiny.yaml").write_text("# a tiny config\nbatch_size: 2\n")
+    assert main(["ls", "recipes", "--recipes", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny.yaml" in out and "a tiny config" in out
+    assert main(["ls", "--recipes", "absent"]) == 1 and "--recipes absent" in capsys.readouterr().err

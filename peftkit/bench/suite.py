@@ -441,7 +441,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     file = Path(path)
     if not file.is_file():
         hint = ""
-        builtin = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
+        builtin = Path("benchmarks") / "suites"  # in a source checkout, run from its root
         if builtin.is_dir():
             hint = f" Suites shipped with peftkit: {', '.join(sorted(str(p) for p in builtin.glob('*.yaml')))}."
         raise SuiteError(f"No suite file at {file} (working directory: {Path.cwd()}).{hint}")
