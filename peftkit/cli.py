@@ -576,7 +576,7 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     """The ``peftkit plan`` arguments (choices read from peftkit's source: no torch to build them)."""
     from .static import constants, strategy_catalog
 
-    memory, strategies = constants("memory"), list(strategy_catalog())
+    memory, strategies = constants("planner.constants"), list(strategy_catalog())
     p.add_argument("model", help="hub id or local directory with config.json (only the config is read)")
     p.add_argument("--task", default="classification", choices=constants("introspect")["TASKS"],
                    help="the task the model is trained for (default: classification)")
@@ -600,7 +600,7 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 def _setup_plan(p: argparse.ArgumentParser) -> Callable:
     setup_plan_arguments(p)
-    return lambda args: _lazy_handler("memory", "run_plan", args)
+    return lambda args: _lazy_handler("planner.cli", "run_plan", args)
 
 
 def _lazy_handler(module: str, name: str, args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ def test_static_readings_match_the_modules():
 
     assert {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING} == train_defaults()
     assert strategy_catalog() == {n: {"summary": REGISTRY[n].summary, "default_lr": REGISTRY[n].default_lr} for n in STRATEGIES}
-    assert (constants("memory")["OPTIMIZERS"], constants("memory")["DEVICES"]) == (OPTIMIZERS, DEVICES)
+    assert (constants("planner.constants")["OPTIMIZERS"], constants("planner.constants")["DEVICES"]) == (OPTIMIZERS, DEVICES)
     assert constants("training")["PRECISIONS"] == PRECISIONS
 
 

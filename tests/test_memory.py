@@ -211,12 +211,12 @@ def test_recommend_best_measured_that_fits(tmp_path):
 
 def test_scores_are_passed_in_and_nothing_is_read_without_them(tmp_path, monkeypatch):
     """plan() ranks by the scores it is given; given none, it reads no benchmark file (default order)."""
-    from peftkit import memory
+    from peftkit.planner import planning
 
     def no_read(*args, **kwargs):
         raise AssertionError("plan() read benchmark files it was not given")
 
-    monkeypatch.setattr(memory, "benchmark_scores", no_read)
+    monkeypatch.setattr(planning, "benchmark_scores", no_read)
     path = save_tiny_config(tmp_path / "bert", "bert")
     settings = dict(batch_size=4, seq_len=16, quantization=[None], strategies=["lora", "bitfit"])
     assert "default order" in plan(str(path), **settings).recommend.reason

@@ -113,12 +113,12 @@ def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_
                       device: str, num_labels: int | None = None) -> tuple[float | None, str]:
     """The planner's predicted peak (MiB) for one cell, and a note; (None, why) when unavailable.
 
-    Kept in this one function so that a change in `peftkit.memory` is fixed here alone.
+    Kept in this one function so that a change in `peftkit.planner` is fixed here alone.
     """
     try:
-        from ..memory import plan
+        from ..planner import plan
     except ImportError:
-        return None, "planner not available (peftkit.memory)"
+        return None, "planner not available (peftkit.planner)"
     try:
         options = {strategy.strategy: dict(strategy.options)} if strategy.options else {}
         result = plan(model_path, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy.strategy],
