@@ -3,7 +3,7 @@
 The measurements are benchmark cells (`peftkit bench`): each trains in a fresh process with
 `peftkit.train` on real data, and its peak is the process's peak resident set size above its
 idle baseline (peftkit/bench/measure.py). The planner predicts weights + gradients + optimizer
-states + activations (peftkit/memory.py); what a real run holds beyond that is fitted here:
+states + activations (peftkit/planner/); what a real run holds beyond that is fitted here:
 
 - ``CPU_OVERHEAD_BYTES``: the median residual (measured - predicted without overhead) over the
   unquantized cells of the calibration suite;
@@ -19,7 +19,7 @@ states + activations (peftkit/memory.py); what a real run holds beyond that is f
         --output benchmarks/results/planner_calibration.json
     python benchmarks/calibrate_memory.py --check benchmarks/results/main benchmarks/results/llm
 
-``--fit`` prints the constants to put in peftkit/memory.py (it does not edit the file);
+``--fit`` prints the constants to put in peftkit/planner/constants.py (it does not edit the file);
 ``--check`` prints each cell's error with the planner as it is now.
 """
 
@@ -45,10 +45,10 @@ def _cells(results_dir: Path) -> tuple[dict, list[dict]]:
 
 def components(results: dict, rows: list[dict]) -> list[dict]:
     """Per cell: measured peak, the planner's prediction without its fitted terms, quantized values."""
-    from peftkit.bench.cell import model_source
+    from peftkit.bench.common import model_source
     from peftkit.bench.runner import label_counter
     from peftkit.bench.suite import load_suite
-    from peftkit.memory import CPU_GATED_TEMPORARIES_SCALE, activation_bytes, plan
+    from peftkit.planner import CPU_GATED_TEMPORARIES_SCALE, activation_bytes, plan
 
     suite = load_suite(results["suite_file"])
     path, _ = model_source(suite)

@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_data": "data",
     "TASKS": "introspect", "infer_task": "introspect",
     "load_model": "loading",
-    "plan": "memory",
+    "plan": "planner",
     "ParameterCount": "parameters", "count_parameters": "parameters",
     "STRATEGIES": "strategies", "default_learning_rate": "strategies", "wrap": "strategies", "wrap_info": "strategies",
     "get_task": "tasks",
@@ -54,8 +54,8 @@ if TYPE_CHECKING:
     from .data import load_data
     from .introspect import TASKS, infer_task
     from .loading import load_model
-    from .memory import plan
     from .parameters import ParameterCount, count_parameters
+    from .planner import plan
     from .strategies import STRATEGIES, default_learning_rate, wrap, wrap_info
     from .tasks import get_task
     from .training import TrainConfig, TrainResult, train

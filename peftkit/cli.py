@@ -140,7 +140,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
     p.add_argument("--option", dest="option", action="append", metavar="KEY=VALUE", help="a strategy option, repeatable, "
                    "e.g. --option r=16 (default: the strategy's own values)")
     p.add_argument("--strategy-options", type=json.loads, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the base model quantized with bitsandbytes; "
+    quantized = [q for q in constants("loading")["QUANTIZATIONS"] if q]
+    p.add_argument("--quantization", choices=quantized, help="load the base model quantized with bitsandbytes; "
                    "QLoRA is --quantization 4bit --strategy lora (default: full precision)")
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data "
                    f"(default: {constants('training')['DEFAULT_EPOCHS']}, or more on small data to reach --set "
@@ -470,8 +471,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipes_dir() -> Path | None:
-    here = Path(__file__).resolve().parents[1] / "recipes"
+def _recipes_dir(folder: str | None = None) -> Path | None:
+    """``--recipes DIR``, else ``recipes/`` in the working directory (a source checkout), else None."""
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--recipes {folder}: no such folder (give the recipes/ folder of a peftkit checkout).")
+        return Path(folder)
+    here = Path("recipes")
+    return here if here.is_dir() else None
+
+
+def plan_scores_dir(folder: str | None = None) -> Path | None:
+    """Where `peftkit plan` reads benchmark scores: ``--scores DIR``, else $PEFTKIT_BENCHMARK_RESULTS, else
+    ``benchmarks/results`` in the working directory when there is one (a source checkout), else None (the
+    recommendation then follows peftkit's default order)."""
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--scores {folder}: no such folder (give a folder holding benchmark results.json files).")
+        return Path(folder)
+    env = os.environ.get("PEFTKIT_BENCHMARK_RESULTS")
+    if env:
+        return Path(env)
+    here = Path("benchmarks") / "results"
     return here if here.is_dir() else None
 
 
@@ -483,7 +504,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for name, spec in strategy_catalog().items():
             print(f"  {name:<8} lr {spec['default_lr']:<7g} {spec['summary']}")
     if args.what in ("all", "recipes"):
-        folder = _recipes_dir()
+        folder = _recipes_dir(getattr(args, "recipes", None))
         print("recipes:" + ("" if folder else "  (ship with the source repository: recipes/)"))
         for name, summary in RECIPES.items():
             print(f"  {name:<14} {summary}")
@@ -548,6 +569,8 @@ def _setup_merge(p: argparse.ArgumentParser) -> Callable:
 def _setup_ls(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("what", nargs="?", default="all", choices=["all", "strategies", "recipes"],
                    help="what to list (default: all)")
+    p.add_argument("--recipes", metavar="DIR", help="the recipes folder whose configs to list (default: recipes/ in "
+                   "the working directory, when there is one)")
     return cmd_ls
 
 
@@ -555,7 +578,7 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     """The ``peftkit plan`` arguments (choices read from peftkit's source: no torch to build them)."""
     from .static import constants, strategy_catalog
 
-    memory, strategies = constants("memory"), list(strategy_catalog())
+    memory, strategies = constants("planner.constants"), list(strategy_catalog())
     p.add_argument("model", help="hub id or local directory with config.json (only the config is read)")
     p.add_argument("--task", default="classification", choices=constants("introspect")["TASKS"],
                    help="the task the model is trained for (default: classification)")
@@ -564,18 +587,22 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", help='memory budget, e.g. "16GiB", "24GB", "8000MB" (default: none, no verdict)')
     p.add_argument("--strategies", nargs="+", choices=strategies, metavar="STRATEGY",
                    help=f"strategies to plan (default: all of {', '.join(strategies)})")
-    p.add_argument("--quantization", nargs="+", choices=["none", "8bit", "4bit"], default=["none", "8bit", "4bit"],
+    quantizations = [q or "none" for q in constants("loading")["QUANTIZATIONS"]]
+    p.add_argument("--quantization", nargs="+", choices=quantizations, default=quantizations,
                    help="base-model precisions to plan (default: none 8bit 4bit)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="plan with gradient checkpointing (default: off)")
     p.add_argument("--optimizer", default="adamw", choices=memory["OPTIMIZERS"], help=f"{', '.join(memory['OPTIMIZERS'])} (default: adamw)")
     p.add_argument("--device", default="cpu", choices=memory["DEVICES"], help="where training runs (default: cpu)")
     p.add_argument("--num-labels", type=int, default=None, metavar="N", help="labels of a classification head (default: the config's)")
+    p.add_argument("--scores", metavar="DIR", help="benchmark results (results.json files) to rank strategies by "
+                   "(default: $PEFTKIT_BENCHMARK_RESULTS, else benchmarks/results in the working directory when there "
+                   "is one, else peftkit's default order)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table (default: the table)")
 
 
 def _setup_plan(p: argparse.ArgumentParser) -> Callable:
     setup_plan_arguments(p)
-    return lambda args: _lazy_handler("memory", "run_plan", args)
+    return lambda args: _lazy_handler("planner.cli", "run_plan", args)
 
 
 def _lazy_handler(module: str, name: str, args: argparse.Namespace) -> int:

@@ -102,6 +102,18 @@ def head_module_names(model: nn.Module) -> list[str]:
     ]
 
 
+def full_precision_modules(model: nn.Module) -> list[str]:
+    """The modules a quantized load keeps unquantized: the task head and the output embeddings.
+
+    `load_model` passes them to bitsandbytes; the memory planner builds its quantized skeleton
+    with the same list.
+    """
+    keep = head_module_names(model)
+    out = model.get_output_embeddings()
+    keep += [n for n, m in model.named_modules() if out is not None and m is out]
+    return sorted(set(keep))
+
+
 def is_quantized(model: nn.Module) -> bool:
     """True when bitsandbytes 4-bit or 8-bit layers hold the model's weights."""
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .introspect import auto_class, check_task, head_module_names, is_quantized
+from .introspect import auto_class, check_task, full_precision_modules, is_quantized
 
 QUANTIZATIONS = (None, "8bit", "4bit")
 _LABEL_TASKS = ("classification", "token-classification")
@@ -130,10 +130,7 @@ def _modules_kept_in_full_precision(name_or_path: str, task: str, config_kwargs:
     config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs, **config_kwargs)
     with init_empty_weights():
         skeleton = auto_class(task).from_config(config)
-    keep = head_module_names(skeleton)
-    out = skeleton.get_output_embeddings()
-    keep += [n for n, m in skeleton.named_modules() if out is not None and m is out]
-    return sorted(set(keep))
+    return full_precision_modules(skeleton)
 
 
 def quantization_config(quantization: str, keep: list[str]):

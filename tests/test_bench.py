@@ -16,8 +16,8 @@ import pytest
 from helpers_bench import QUICK_SUITE, ROOT, write_quick_assets, write_suite
 
 from peftkit.bench import SuiteError, load_suite, run_bench, setup_bench_parser
-from peftkit.bench.cell import COLUMNS
 from peftkit.bench.measure import MemoryProbe, directory_mb, reset_peak_rss
+from peftkit.bench.results import COLUMNS
 from peftkit.bench.runner import run_suite
 from peftkit.bench.suite import BASELINE_STRATEGIES
 
@@ -295,7 +295,8 @@ def test_repredict_recomputes_from_settings_not_measurements(quick_results, tmp_
     """--repredict: the planner's value comes back from the cell's settings; the old one is kept."""
     import shutil
 
-    from peftkit.bench.runner import read_results, repredict
+    from peftkit.bench.results import read_results
+    from peftkit.bench.runner import repredict
 
     out = tmp_path / "results"
     shutil.copytree(quick_results, out)
@@ -337,7 +338,7 @@ def test_readme_section_between_suite_markers(quick_results, tmp_path):
 def test_readme_benchmark_sections_are_current(suite):
     """README's "Choosing a strategy" tables are what the committed results generate now."""
     from peftkit.bench.report import readme_markers, readme_section
-    from peftkit.bench.runner import read_results
+    from peftkit.bench.results import read_results
 
     folder = ROOT / "benchmarks" / "results" / suite
     if not (folder / "results.json").is_file():

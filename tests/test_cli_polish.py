@@ -82,8 +82,22 @@ def test_static_readings_match_the_modules():
     assert {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING} == train_defaults()
     assert strategy_catalog() == {n: {"summary": REGISTRY[n].summary, "default_lr": REGISTRY[n].default_lr,
                                       "plan_rank": REGISTRY[n].plan_rank} for n in STRATEGIES}
-    assert (constants("memory")["OPTIMIZERS"], constants("memory")["DEVICES"]) == (OPTIMIZERS, DEVICES)
+    assert (constants("planner.constants")["OPTIMIZERS"], constants("planner.constants")["DEVICES"]) == (OPTIMIZERS, DEVICES)
     assert constants("training")["PRECISIONS"] == PRECISIONS
+
+
+def test_quantizations_are_defined_once():
+    """The planner, the suite schema and the CLI choices all take peftkit.loading's QUANTIZATIONS."""
+    from peftkit import loading, memory
+    from peftkit.bench import suite
+    from peftkit.cli import build_parser
+    from peftkit.static import constants
+
+    assert constants("loading")["QUANTIZATIONS"] == loading.QUANTIZATIONS == suite.QUANTIZATIONS
+    assert memory.QUANTIZATIONS is loading.QUANTIZATIONS
+    plan = next(a for a in build_parser()[1]["plan"]._actions if a.dest == "quantization")
+    train = next(a for a in build_parser()[1]["train"]._actions if a.dest == "quantization")
+    assert plan.choices == plan.default == ["none", "8bit", "4bit"] and train.choices == ["8bit", "4bit"]
 
 
 # --------------------------------------------------------------------------- help text (item 15)
@@ -369,3 +383,18 @@ def test_hub_ids_resolve_to_the_packaged_copies(tmp_path):
     check_model_path("org/name")  # a hub id: not checked here
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         check_model_path(str(tmp_path / "missing"))
+
+
+def test_ls_lists_the_recipes_folder_it_is_given(tmp_path, monkeypatch, capsys):
+    """`peftkit ls` reads recipes/ of the working directory or --recipes DIR, never the package's location."""
+    from peftkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["ls", "recipes"]) == 0
+    assert "ship with the source repository" in capsys.readouterr().out
+    (tmp_path / "mine" / "configs").mkdir(parents=True)
+    (tmp_path / "mine" / "configs" / "tiny.yaml").write_text("# a tiny config\nbatch_size: 2\n")
+    assert main(["ls", "recipes", "--recipes", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny.yaml" in out and "a tiny config" in out
+    assert main(["ls", "--recipes", "absent"]) == 1 and "--recipes absent" in capsys.readouterr().err

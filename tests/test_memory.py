@@ -208,6 +208,24 @@ def test_recommend_best_measured_that_fits(tmp_path):
     assert roomy.recommend.row.strategy == "full"
 
 
+
+def test_scores_are_passed_in_and_nothing_is_read_without_them(tmp_path, monkeypatch):
+    """plan() ranks by the scores it is given; given none, it reads no benchmark file (default order)."""
+    from peftkit.planner import planning
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("plan() read benchmark files it was not given")
+
+    monkeypatch.setattr(planning, "benchmark_scores", no_read)
+    path = save_tiny_config(tmp_path / "bert", "bert")
+    settings = dict(batch_size=4, seq_len=16, quantization=[None], strategies=["lora", "bitfit"])
+    assert "default order" in plan(str(path), **settings).recommend.reason
+    chosen = plan(str(path), **settings, scores={("bitfit", None): 1.0, ("lora", None): 0.5}).recommend
+    assert chosen.row.strategy == "bitfit" and "measured" in chosen.reason
+    with pytest.raises(ValueError, match="not both"):
+        plan(str(path), **settings, scores={}, results_dir=tmp_path)
+
+
 def test_nothing_fits_says_what_to_change(tmp_path):
     result = plan(str(minilm()), batch_size=32, seq_len=128, quantization=[None], budget="300MiB",
                   strategies=["full", "lora"], results_dir=tmp_path)
@@ -268,6 +286,29 @@ def test_cli_errors_are_reported(capsys, tmp_path):
     assert code == 1 and "local path" in out.err
     code, out = _run([str(tmp_path), "--budget", "plenty"], capsys)
     assert code == 1 and "16GiB" in out.err
+
+
+
+def test_cli_scores_folder(capsys, tmp_path, monkeypatch):
+    """`peftkit plan` reads --scores DIR, else benchmarks/results in the working directory; nothing elsewhere."""
+    monkeypatch.delenv("PEFTKIT_BENCHMARK_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = str(save_tiny_config(tmp_path / "bert", "bert"))
+    argv = [path, "--json", "--batch-size", "4", "--seq-len", "16", "--strategies", "lora", "bitfit", "--quantization", "none"]
+    row = {"suite": "main", "task": "sst2", "task_type": "classification", "quantization": ""}
+    write_results(tmp_path / "elsewhere", [{**row, "strategy": "bitfit", "metric_value": 0.9},
+                                           {**row, "strategy": "lora", "metric_value": 0.5}])
+    code, out = _run(argv, capsys)
+    data = json.loads(out.out)
+    assert code == 0 and data["results_used"] is None and data["recommendation"]["strategy"] == "lora"  # default order
+    code, out = _run([*argv, "--scores", str(tmp_path / "elsewhere")], capsys)
+    data = json.loads(out.out)
+    assert code == 0 and "elsewhere" in data["results_used"] and data["recommendation"]["strategy"] == "bitfit"
+    write_results(tmp_path / "benchmarks" / "results", [{**row, "strategy": "bitfit", "metric_value": 0.9}])
+    data = json.loads(_run(argv, capsys)[1].out)
+    assert data["results_used"] == "benchmarks/results/suite/results.json" and data["recommendation"]["strategy"] == "bitfit"
+    code, out = _run([*argv, "--scores", str(tmp_path / "missing")], capsys)
+    assert code == 1 and "--scores" in out.err and "no such folder" in out.err
 
 
 def test_add_plan_parser_registers_subcommand(capsys, tmp_path):

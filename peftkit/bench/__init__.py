@@ -4,12 +4,13 @@
     peftkit bench --report benchmarks/results/main       # rebuild results.md and plots from results.json
     python -m peftkit.bench ...                          # the same without the peftkit command
 
-Modules: `suite` (the YAML schema and its validation), `cell` (one cell, in its own process),
-`measure` (peak memory), `runner` (the suite, results.json / results.csv), `report` (results.md
+Modules: `suite` (the YAML schema and its validation), `cell` (one cell, in its own process), `common`
+(what a cell and the baselines share: device, model, data), `results` (results.json / results.csv),
+`measure` (peak memory), `runner` (runs the suite, a cell per process), `report` (results.md
 and the PNG plots), `baselines` (HF Trainer and a hand-written Accelerate loop for one LoRA cell).
 
-For peftkit.cli: ``add_bench_parser(subparsers)`` adds the ``bench`` subcommand (its handler is
-`run_bench`); ``setup_bench_parser(parser)`` fills an existing parser and returns the handler.
+For peftkit.cli: ``setup_bench_parser(parser)`` fills an existing parser and returns the handler,
+`run_bench`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 from .suite import SuiteError, load_suite
 
-__all__ = ["SuiteError", "add_bench_parser", "load_suite", "run_bench", "setup_bench_parser"]
+__all__ = ["SuiteError", "load_suite", "run_bench", "setup_bench_parser"]
 
 HELP = "run a benchmark suite (every strategy side by side), or rebuild its report"
 
@@ -42,13 +43,6 @@ def setup_bench_parser(p: argparse.ArgumentParser):
     p.add_argument("--list", action="store_true", help="list the suite's cells and whether they are done, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return run_bench
-
-
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """``peftkit bench``: add the subcommand to an ``add_subparsers()`` object."""
-    p = subparsers.add_parser("bench", help=HELP, description=HELP)
-    p.set_defaults(handler=setup_bench_parser(p))
-    return p
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -89,7 +83,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def _list_cells(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .runner import default_output_dir, read_results, select_cells
+    from .results import read_results
+    from .runner import default_output_dir, select_cells
     from .suite import CellKey
 
     suite = load_suite(args.suite)

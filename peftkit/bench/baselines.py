@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cell import device_label, load_task_data, model_source, preload, resolve_device
+from .common import device_label, load_task_data, model_source, preload, resolve_device
 from .measure import MemoryProbe, directory_mb
 from .suite import CellKey, Suite
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -26,21 +25,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .common import device_label, load_task_data, model_source, preload, resolve_device
 from .measure import MemoryProbe, directory_mb
+from .results import COLUMNS, EXTRA_COLUMNS
 from .suite import BASELINE_STRATEGIES, UNTRAINED, CellKey, StrategySpec, Suite, TaskSpec, load_suite
-
-# The columns of results.csv, in this order (issue 5); extra columns follow them.
-COLUMNS = (
-    "suite", "task", "strategy", "quantization", "trainable_params", "total_params", "trainable_percent",
-    "peak_memory_mb", "predicted_peak_memory_mb", "train_seconds", "samples_per_second", "metric_name",
-    "metric_value", "checkpoint_mb", "device", "error",
-)
-EXTRA_COLUMNS = (
-    "seed", "train_size", "task_type", "base_strategy", "options", "lr", "batch_size", "max_steps", "max_length",
-    "seq_len", "train_samples", "eval_samples", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds", "metrics", "peak_rss_mb", "peak_memory_reserved_mb",
-    "baseline_rss_mb", "peak_reset", "prediction_note", "torch", "transformers", "peft", "cell_seconds", "cell_cpu_seconds",
-    "status",
-)
 
 
 def versions() -> dict[str, str]:
@@ -62,36 +50,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def resolve_device(suite: Suite) -> str:
-    """"cpu" or "cuda" for this run (``auto`` picks CUDA when torch sees a GPU)."""
-    import torch
-
-    if suite.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return suite.device
-
-
-def device_label(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name()})"
-    return "cpu"
-
-
-def preload(quantization: str | None = None, trainer: bool = False) -> None:
-    """Import what the cell will need before the idle baseline, so that module memory and import
-    time count neither as training memory nor as training time."""
-    import accelerate  # noqa: F401
-    import evaluate  # noqa: F401
-    import peft  # noqa: F401
-
-    if trainer:
-        import transformers.trainer  # noqa: F401
-    if quantization:
-        import bitsandbytes  # noqa: F401
-
-
 def empty_row(suite: Suite, key: CellKey, task: TaskSpec) -> dict[str, Any]:
     """A row with every column, filled with what is known before the cell runs."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS + EXTRA_COLUMNS)
@@ -101,79 +59,6 @@ def empty_row(suite: Suite, key: CellKey, task: TaskSpec) -> dict[str, Any]:
     budget = suite.budget_for(task)
     row.update(batch_size=budget.get("batch_size", 16), max_steps=budget.get("max_steps"))
     return row
-
-
-# --------------------------------------------------------------------------- the model
-
-
-def gguf_cache_dir(suite: Suite) -> Path:
-    """Where a suite's GGUF model is kept dequantized ($PEFTKIT_BENCH_CACHE, else ~/.cache/peftkit/bench)."""
-    root = Path(os.environ.get("PEFTKIT_BENCH_CACHE") or Path.home() / ".cache" / "peftkit" / "bench")
-    return root / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{suite.model.path}-{suite.model.gguf_file}")
-
-
-def convert_gguf(suite: Suite, task: str = "causal-lm") -> Path:
-    """Load the suite's GGUF file once (dequantized) and save it as a plain model folder.
-
-    Every cell then loads the same plain weights, and the quantized cells can quantize them
-    (`load_model` cannot quantize straight from a GGUF file).
-    """
-    from ..checkpoint import atomic_directory
-    from ..loading import load_model
-
-    target = gguf_cache_dir(suite)
-    if not (target / "config.json").is_file():
-        model, tokenizer = load_model(suite.model.resolve(), task=task, gguf_file=suite.model.gguf_file)
-        with atomic_directory(target) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-    return target
-
-
-def model_source(suite: Suite) -> tuple[str, dict[str, Any]]:
-    """(path, extra load_model kwargs): a GGUF model's plain copy once `convert_gguf` made it."""
-    if suite.model.gguf_file:
-        target = gguf_cache_dir(suite)
-        if (target / "config.json").is_file():
-            return str(target), {}
-        return suite.model.resolve(), {"gguf_file": suite.model.gguf_file}
-    return suite.model.resolve(), {}
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _fixed_subset(ds, n: int | None):
-    """The same ``n`` rows whatever the cell's seed (a fixed test subset)."""
-    import numpy as np
-
-    if n is None or n >= len(ds):
-        return ds
-    return ds.select(sorted(np.random.default_rng(0).choice(len(ds), size=n, replace=False).tolist()))
-
-
-def load_task_data(task: TaskSpec, train_size: int | None, seed: int):
-    """DatasetDict(train=seeded subset of ``train_size``, test=the test file or its fixed subset)."""
-    from datasets import DatasetDict
-
-    from ..data import load_data
-
-    for split in ("train", "test"):
-        if not Path(getattr(task, split)).exists():
-            raise FileNotFoundError(
-                f"The {split} file of task {task.name!r} is missing: {getattr(task, split)}. Set PEFTKIT_DATA_DIR "
-                f"to the folder holding the datasets (see ../shared/data/README.md){f' or use the hub id {task.hub_id}' if task.hub_id else ''}."
-            )
-    # No validation split is used (every cell trains for the same budget and is scored on test), so
-    # load_data carves off a single row instead of 10% of the training file.
-    data = load_data(None, task.task, train=task.train, test=task.test, seed=seed, max_train_samples=train_size,
-                     validation_fraction=1e-6, **task.columns)
-    test = _fixed_subset(data["test"], task.test_size)
-    data = DatasetDict(train=data["train"], test=test)
-    if task.prompt_template:
-        template = task.prompt_template
-        data = data.map(lambda row: {"prompt": template.format(text=row["prompt"])}, desc="peftkit: prompts")
-    return data
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -228,12 +113,12 @@ def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_
                       device: str, num_labels: int | None = None) -> tuple[float | None, str]:
     """The planner's predicted peak (MiB) for one cell, and a note; (None, why) when unavailable.
 
-    Kept in this one function so that a change in `peftkit.memory` is fixed here alone.
+    Kept in this one function so that a change in `peftkit.planner` is fixed here alone.
     """
     try:
-        from ..memory import plan
+        from ..planner import plan
     except ImportError:
-        return None, "planner not available (peftkit.memory)"
+        return None, "planner not available (peftkit.planner)"
     try:
         options = {strategy.strategy: dict(strategy.options)} if strategy.options else {}
         result = plan(model_path, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy.strategy],

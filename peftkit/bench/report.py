@@ -10,12 +10,11 @@ sweep, ``sweep.png``.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .runner import RESULTS_JSON, read_results, write_csv
+from .results import RESULTS_JSON, read_results, write_csv
 from .suite import BASELINE_STRATEGIES
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H")
@@ -531,8 +530,3 @@ def update_readme(readme: str | Path, output_dir: str | Path) -> Path:
     section = readme_section(results, str(shown))
     path.write_text(f"{head}{start}\n{section}\n{end}{tail}")
     return path
-
-
-def load(output_dir: str | Path) -> dict[str, Any]:
-    """results.json of a results directory, as a dict."""
-    return json.loads((Path(output_dir) / RESULTS_JSON).read_text())

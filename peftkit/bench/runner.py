@@ -26,10 +26,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .cell import COLUMNS, EXTRA_COLUMNS, empty_row
+from .cell import empty_row
+from .results import RESULTS_JSON, read_results, write_results
 from .suite import BASELINE_STRATEGIES, CellKey, Suite, SuiteError, load_suite
-
-RESULTS_JSON = "results.json"
 
 
 def default_output_dir(suite: Suite) -> Path:
@@ -74,46 +73,6 @@ def command_line(argv: list[str] | None = None) -> str:
         words = ["python", *argv]
     env = [f"{k}={shlex.quote(os.environ[k])}" for k in ("HF_HUB_OFFLINE", "PEFTKIT_DATA_DIR") if os.environ.get(k)]
     return " ".join(env + [shlex.join(words)])
-
-
-# --------------------------------------------------------------------------- results.json / csv
-
-
-def read_results(output_dir: Path) -> dict[str, Any]:
-    file = Path(output_dir) / RESULTS_JSON
-    if not file.is_file():
-        return {"rows": [], "runs": []}
-    try:
-        return json.loads(file.read_text())
-    except ValueError as err:
-        raise ValueError(f"{file} is not valid JSON ({err}); move it away to start the suite afresh.") from err
-
-
-def write_results(output_dir: Path, results: dict[str, Any]) -> None:
-    """results.json (atomically) and results.csv."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / (RESULTS_JSON + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    os.replace(tmp, output_dir / RESULTS_JSON)
-    write_csv(output_dir / "results.csv", results["rows"])
-
-
-def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's columns, in order, then the extra ones, then anything else rows hold."""
-    columns = list(COLUMNS) + [c for c in EXTRA_COLUMNS if c not in COLUMNS]
-    for row in rows:
-        columns += [k for k in row if k not in columns and k != "traceback"]
-    return columns
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(rows), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
 # --------------------------------------------------------------------------- one cell
@@ -250,7 +209,7 @@ def run_suite(
     for cell_id, why in stale.items():
         print(f"peftkit bench: {cell_id} changed in the suite file ({why}): running it again.", file=sys.stderr)
     if suite.model.gguf_file and todo:
-        from .cell import convert_gguf
+        from .common import convert_gguf
 
         try:
             convert_gguf(suite, suite.tasks[0].task)
@@ -292,7 +251,7 @@ def label_counter(suite: Suite):
     """``count(row)``: the number of labels a cell's training data has (None for tasks without labels),
     read once per task and training-set size."""
     from ..data import label_names
-    from .cell import load_task_data
+    from .common import load_task_data
 
     counts: dict[tuple[str, int | None, int], int | None] = {}
 
@@ -316,7 +275,8 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
     rows keep the old value as ``previous_predicted_peak_memory_mb``; results.json records when
     and with which planner the predictions were made. Returns the updated results.
     """
-    from .cell import model_source, predicted_peak_mb, resolve_device
+    from .cell import predicted_peak_mb
+    from .common import model_source, resolve_device
 
     out = Path(output_dir)
     results = read_results(out)

@@ -46,13 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..static import constants
+
 TASK_TYPES = ("classification", "token-classification", "causal-lm")
 METRICS = {
     "classification": ("accuracy", "f1"),
     "token-classification": ("f1", "precision", "recall", "accuracy"),
     "causal-lm": ("exact_match",),
 }
-QUANTIZATIONS = (None, "8bit", "4bit")
+QUANTIZATIONS = constants("loading")["QUANTIZATIONS"]  # defined in peftkit.loading (read without torch)
 DEVICES = ("cpu", "cuda", "auto")
 BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
 # A cell that trains nothing: the model as loaded, scored on the test split (the "before" row).
@@ -439,7 +441,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     file = Path(path)
     if not file.is_file():
         hint = ""
-        builtin = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
+        builtin = Path("benchmarks") / "suites"  # in a source checkout, run from its root
         if builtin.is_dir():
             hint = f" Suites shipped with peftkit: {', '.join(sorted(str(p) for p in builtin.glob('*.yaml')))}."
         raise SuiteError(f"No suite file at {file} (working directory: {Path.cwd()}).{hint}")

@@ -61,7 +61,6 @@ class Strategy:
     plan_rank: ClassVar[int] = 100  # the planner's order when no benchmark results rank it: lower first
     mergeable: ClassVar[bool] = False
     merge_refusal: ClassVar[str] = ""
-    quantized_base: ClassVar[bool] = True  # works on an 8-bit / 4-bit base model
     tasks: ClassVar[tuple[str, ...]] = TASKS
     default_lr: ClassVar[float] = 1e-3
     summary: ClassVar[str] = ""

@@ -14,7 +14,6 @@ class Full(Strategy):
     plan_rank = 20
     summary = "every parameter trains"
     mergeable = True
-    quantized_base = False
     default_lr = 2e-5
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:

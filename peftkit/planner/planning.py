@@ -1,0 +1,301 @@
+"""`plan()`: every strategy x quantization priced for one model, task and batch shape."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..introspect import check_task
+from ..loading import QUANTIZATIONS
+from .constants import DEVICES, KBIT_RETAINED, OPTIMIZERS, OVERHEAD_BYTES
+from .costs import _dtype_bytes, activation_bytes, optimizer_bytes, weight_bytes
+from .recommendation import Recommendation, benchmark_scores, recommend
+from .skeleton import _probe_twin, _quiet, build_skeleton, load_config
+from .structure import _Structure, read_structure
+from .units import format_bytes, parse_budget
+
+# --------------------------------------------------------------------------- plan rows
+
+@dataclass
+class Row:
+    """One strategy x quantization: parameter counts and predicted bytes."""
+
+    strategy: str
+    quantization: str | None
+    trainable: int = 0
+    total: int = 0
+    weights: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    activations: int = 0
+    overhead: int = 0
+    predicted_peak: int = 0
+    fits: bool | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.strategy + (f"-{self.quantization}" if self.quantization else "")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Profile:
+    """What a row's numbers are computed from; kept so a plan can be re-priced cheaply."""
+
+    row: Row
+    structure: _Structure | None
+    weights: int = 0
+    trainable_tensors: list[tuple[int, int]] = field(default_factory=list)  # (values, bytes per value)
+
+
+@dataclass
+class Plan:
+    """Rows per strategy x quantization, with the settings they were computed for."""
+
+    model: str
+    task: str
+    batch_size: int
+    seq_len: int
+    device: str
+    optimizer: str
+    gradient_checkpointing: bool
+    budget: int | None
+    rows: list[Row]
+    results_used: str | None = None
+    scores: dict[tuple[str, str | None], float] | None = None
+    _profiles: list[_Profile] = field(default_factory=list, repr=False)
+    _dtype: torch.dtype = field(default=torch.float32, repr=False)
+    _recommendation: Recommendation | None = field(default=None, repr=False)
+
+    @property
+    def recommend(self) -> Recommendation:
+        if self._recommendation is None:
+            self._recommendation = recommend(self)
+        return self._recommendation
+
+    def row(self, strategy: str, quantization: str | None = None) -> Row:
+        for r in self.rows:
+            if r.strategy == strategy and r.quantization == quantization:
+                return r
+        raise KeyError(f"No row for {strategy!r} with quantization {quantization!r} in this plan.")
+
+    def reprice(self, batch_size: int | None = None, seq_len: int | None = None,
+                gradient_checkpointing: bool | None = None) -> Plan:
+        """The same plan at another batch size, sequence length or checkpointing setting."""
+        other = Plan(self.model, self.task, batch_size or self.batch_size, seq_len or self.seq_len, self.device,
+                     self.optimizer, self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
+                     self.budget, [], self.results_used, self.scores, _dtype=self._dtype)
+        for p in self._profiles:
+            row = copy.deepcopy(p.row)
+            other._profiles.append(_Profile(row, p.structure, p.weights, p.trainable_tensors))
+            other.rows.append(row)
+            _price(other, other._profiles[-1])
+        return other
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "task": self.task, "batch_size": self.batch_size, "seq_len": self.seq_len,
+            "device": self.device, "optimizer": self.optimizer, "gradient_checkpointing": self.gradient_checkpointing,
+            "budget": self.budget, "rows": [r.to_dict() for r in self.rows],
+            "recommendation": self.recommend.to_dict(), "results_used": self.results_used,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_table(self) -> str:
+        """A fixed-width table in human units, then the recommendation."""
+        head = ("strategy", "quant", "trainable", "trainable %", "weights", "grads", "optimizer", "activations",
+                "overhead", "peak", "fits")
+        lines = []
+        for r in self.rows:
+            if r.error:
+                lines.append((r.strategy, r.quantization or "-", "refused: " + _short(r.error)))
+                continue
+            pct = 100 * r.trainable / r.total if r.total else 0.0
+            fits = "-" if r.fits is None else ("yes" if r.fits else "no")
+            lines.append((r.strategy, r.quantization or "-", f"{r.trainable:,}", f"{pct:.3f}", format_bytes(r.weights),
+                          format_bytes(r.gradients), format_bytes(r.optimizer_states), format_bytes(r.activations),
+                          format_bytes(r.overhead), format_bytes(r.predicted_peak), fits))
+        widths = [max(len(head[c]), *(len(x[c]) for x in lines if len(x) == len(head))) for c in range(len(head))]
+        right = {2, 3, 4, 5, 6, 7, 8, 9}
+
+        def fmt(cells):
+            if len(cells) != len(head):
+                return "  ".join((cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2]))
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+        budget = f", budget {format_bytes(self.budget)}" if self.budget else ""
+        title = (f"peftkit plan: {self.model} ({self.task}), batch {self.batch_size} x seq {self.seq_len}, "
+                 f"{self.optimizer}, {self.device}{', gradient checkpointing' if self.gradient_checkpointing else ''}{budget}")
+        out = [title, "", fmt(head), "  ".join("-" * w for w in widths)] + [fmt(x) for x in lines]
+        out += ["", "Recommendation: " + str(self.recommend)]
+        return "\n".join(line.rstrip() for line in out)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+
+def _short(error: str) -> str:
+    first = error.split(". ")[0].split("\n")[0]
+    return first if len(first) <= 150 else first[:147] + "..."
+
+
+def _price(plan: Plan, profile: _Profile) -> None:
+    row = profile.row
+    if row.error:
+        return
+    # hidden states run in the model's dtype; k-bit preparation keeps norms and embeddings in float32
+    act_size = 4 if row.quantization else _dtype_bytes(plan._dtype)
+    row.weights = profile.weights
+    row.gradients = sum(n * size for n, size in profile.trainable_tensors)
+    row.optimizer_states = optimizer_bytes(profile.trainable_tensors, plan.optimizer)
+    saved, temporaries = activation_bytes(profile.structure, plan.batch_size, plan.seq_len, plan.device, act_size,
+                                          plan.gradient_checkpointing)
+    row.activations = saved + temporaries
+    row.overhead = OVERHEAD_BYTES[plan.device]
+    if plan.device == "cpu" and row.quantization:
+        constant, share = KBIT_RETAINED[row.quantization]
+        row.overhead += int(constant + share * 4 * profile.structure.quantized_values)
+    row.predicted_peak = row.weights + row.gradients + row.optimizer_states + row.activations + row.overhead
+    row.fits = None if plan.budget is None else row.predicted_peak <= plan.budget
+
+
+# --------------------------------------------------------------------------- plan()
+
+def _check_choice(name: str, value: Any, valid: Iterable[Any]) -> None:
+    valid = tuple(valid)
+    if value not in valid:
+        raise ValueError(f"Unknown {name} {value!r}. Valid values: {', '.join(map(repr, valid))}.")
+
+
+def _compute_dtype(config, device: str) -> torch.dtype:
+    """fp32 on the CPU (what load_model uses); the checkpoint's dtype on CUDA."""
+    if device == "cpu":
+        return torch.float32
+    dtype = getattr(config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, torch.float32)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def plan(
+    model: Any,
+    task: str = "classification",
+    batch_size: int = 32,
+    seq_len: int = 128,
+    strategies: Sequence[str] | None = None,
+    quantization: Sequence[str | None] | str | None = QUANTIZATIONS,
+    gradient_checkpointing: bool = False,
+    optimizer: str = "adamw",
+    budget: str | int | None = None,
+    device: str = "cpu",
+    num_labels: int | None = None,
+    scores: Mapping[tuple[str, str | None], float] | None = None,
+    results_dir: str | os.PathLike | None = None,
+    **strategy_options: dict[str, Any],
+) -> Plan:
+    """Predict the peak training memory of every strategy x quantization for ``model``.
+
+    ``model``: a hub id, a local directory with config.json, or a transformers config. Nothing
+    but the config is read. ``seq_len`` is the padded length of the longest batch (the
+    ``max_length`` you tokenize with, when batches reach it). ``quantization``: any of None,
+    "8bit", "4bit" (one value or a sequence). ``budget``: bytes or a string like "16GiB";
+    rows get ``fits`` and ``plan.recommend`` picks among those that fit. ``device``: "cpu" or
+    "cuda" (sets dtypes, attention kernels and the overhead constant). ``strategy_options``:
+    per-strategy options for `wrap`, e.g. ``lora={"r": 16}``. ``scores``: measured quality to
+    rank strategies by, ``{(strategy, quantization): score}`` with higher better (what
+    `benchmark_scores` returns); ``results_dir``: a folder of benchmark results to read them from
+    instead. With neither, the recommendation follows `DEFAULT_ORDER` (no file is read).
+    """
+    from ..parameters import count_parameters
+    from ..strategies import STRATEGIES, wrap
+
+    check_task(task)
+    device = str(device).split(":")[0]  # "cuda:0" plans like "cuda"
+    _check_choice("device", device, DEVICES)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    quants = [quantization] if quantization is None or isinstance(quantization, str) else list(quantization)
+    quants = [None if q in (None, "none", "None", "") else q for q in quants]
+    for q in quants:
+        _check_choice("quantization", q, QUANTIZATIONS)
+    names = list(strategies) if strategies else list(STRATEGIES)
+    for name in names:
+        _check_choice("strategy", name, STRATEGIES)
+    unknown = set(strategy_options) - set(names)
+    if unknown:
+        raise ValueError(f"Options given for strategies not planned: {sorted(unknown)}. Planned: {names}.")
+    budget_bytes = parse_budget(budget)
+    used = None
+    if results_dir is not None:
+        if scores is not None:
+            raise ValueError("Pass scores= or results_dir= (a folder to read the scores from), not both.")
+        scores, files = benchmark_scores(task, results_dir)
+        used = ", ".join(files) if scores else None
+    config = load_config(model, task, num_labels)
+    label = str(model) if not hasattr(model, "to_dict") else getattr(config, "_name_or_path", "") or config.model_type
+    result = Plan(label, task, batch_size, seq_len, device, optimizer, gradient_checkpointing, budget_bytes, [],
+                  results_used=used, scores=dict(scores) if scores else None, _dtype=_compute_dtype(config, device))
+    twin = None
+    twin_checked = False
+    for q in quants:
+        if q:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                for name in names:
+                    row = Row(name, q, error='quantization needs bitsandbytes: pip install "bitsandbytes>=0.50"')
+                    result.rows.append(row)
+                    result._profiles.append(_Profile(row, None))
+                continue
+        for name in names:
+            row = Row(name, q)
+            profile = _Profile(row, None)
+            options = dict(strategy_options.get(name, {}))
+            try:
+                skeleton = build_skeleton(config, task, q)
+                with _quiet():
+                    wrapped = wrap(skeleton, name, task=task, **options)
+            except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
+                row.error = str(err)
+            else:
+                if not twin_checked:
+                    twin, twin_checked = _probe_twin(config, task), True
+                if twin is not None:
+                    try:
+                        with _quiet():
+                            wrap(twin(), name, task=task, **options)
+                    except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
+                        row.error = str(err)
+                elif name in ("prefix", "prompt"):
+                    row.notes.append("forward-time checks skipped: no miniature of this architecture could be built")
+            if row.error is None:
+                counts = count_parameters(wrapped)
+                row.trainable, row.total = counts.trainable, counts.total
+                frozen_dtype = torch.float32 if q else result._dtype
+                trained_dtype = frozen_dtype if name == "full" else torch.float32
+                profile.weights = weight_bytes(wrapped, frozen_dtype, trained_dtype)
+                size = _dtype_bytes(trained_dtype)
+                profile.trainable_tensors = [(p.numel(), size) for p in wrapped.parameters() if p.requires_grad]
+                profile.structure = read_structure(wrapped, config, task, q)
+            result.rows.append(row)
+            result._profiles.append(profile)
+            _price(result, profile)
+    return result
