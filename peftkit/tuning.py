@@ -426,6 +426,24 @@ def _storage(url: str):
                                    **{argument: retry(max_retry=1)})
 
 
+def open_study(url: str, attempts: int = 5, **kwargs: Any):
+    """``optuna.create_study(load_if_exists=True)`` on ``url``. Workers started together race to create
+    the storage's tables and the study; the loser gets an IntegrityError (or, on SQLite, a lock error),
+    and opening again finds what the winner made."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(storage=_storage(url), load_if_exists=True, **kwargs)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def run_tune(args: argparse.Namespace, pruner: Any = None) -> TuneResult:
     """The search the parsed ``peftkit tune`` arguments describe (see the module docstring)."""
     import optuna
@@ -460,9 +478,8 @@ def run_tune(args: argparse.Namespace, pruner: Any = None) -> TuneResult:
     name = base.study_name or output.resolve().name
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if greater else "minimize"
-    study = optuna.create_study(storage=_storage(url), study_name=name, direction=direction,
-                                sampler=_sampler(config.seed, 0), pruner=make_pruner(pruner or base.pruner),
-                                load_if_exists=True)
+    study = open_study(url, study_name=name, direction=direction, sampler=_sampler(config.seed, 0),
+                       pruner=make_pruner(pruner or base.pruner))
     if study.direction.name.lower() != direction:
         raise ValueError(
             f"Study {name!r} in {url} was made to {study.direction.name.lower()} its value, but {metric} must be "

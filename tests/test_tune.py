@@ -329,3 +329,25 @@ def test_train_callbacks_see_each_evaluation_and_can_stop(assets, tmp_path):
     assert [s for s, _ in callback.seen] == [2, 4]
     assert "accuracy" in callback.seen[0][1]
     assert max(r["step"] for r in result.history) == 4
+
+
+def test_a_worker_that_loses_the_race_to_create_the_storage_opens_it_again(tmp_path, monkeypatch):
+    import optuna
+    from sqlalchemy.exc import IntegrityError
+
+    from peftkit.tuning import open_study
+
+    real, calls = optuna.create_study, []
+
+    def racing(**kwargs):  # another worker created the tables first
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", racing)
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", study_name="s", direction="maximize")
+    assert study.study_name == "s" and calls == ["s", "s"]
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: (_ for _ in ()).throw(IntegrityError("x", {}, Exception("y"))))
+    with pytest.raises(IntegrityError):
+        open_study(f"sqlite:///{tmp_path / 'other.db'}", attempts=2, study_name="t", direction="maximize")
