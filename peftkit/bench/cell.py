@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,22 +31,10 @@ from .suite import BASELINE_STRATEGIES, UNTRAINED, CellKey, StrategySpec, Suite,
 
 
 def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import torch
-    import transformers
+    """Library versions for a results file (`peftkit.runreport.library_versions`, read without importing)."""
+    from ..runreport import library_versions
 
-    from .. import __version__
-
-    out = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-           "accelerate": accelerate.__version__, "peftkit": __version__, "python": platform.python_version()}
-    try:
-        import bitsandbytes
-
-        out["bitsandbytes"] = bitsandbytes.__version__
-    except ImportError:
-        pass
-    return out
+    return library_versions()
 
 
 def empty_row(suite: Suite, key: CellKey, task: TaskSpec) -> dict[str, Any]:
