@@ -141,14 +141,17 @@ def _check_files(path: Path, fmt: str) -> None:
             raise _damaged(file, err) from err
 
 
-def _labels(meta: dict[str, Any]) -> list[str] | None:
-    if meta.get("id2label") and meta.get("num_labels"):
-        return [meta["id2label"][str(i)] for i in range(meta["num_labels"])]
-    return None
+def checkpoint_labels(meta: dict[str, Any]) -> list[str] | None:
+    """The label names a checkpoint's ``peftkit_config.json`` records, in id order (a missing name is
+    its id); None for a checkpoint without a classification head."""
+    id2label, n = meta.get("id2label") or {}, meta.get("num_labels")
+    if not n:
+        return None
+    return [id2label.get(str(i), str(i)) for i in range(n)]
 
 
 def _load_base(name: str, meta: dict[str, Any], checkpoint: Path, given: bool) -> nn.Module:
-    labels = _labels(meta)
+    labels = checkpoint_labels(meta)
     try:
         if meta.get("quantization"):
             from .loading import load_model

@@ -97,13 +97,6 @@ def _same_path(base: str) -> str:
     return str(Path(base).resolve()) if Path(base).is_dir() else str(base)
 
 
-def _labels(meta: dict[str, Any]) -> list[str] | None:
-    id2label, n = meta.get("id2label") or {}, meta.get("num_labels")
-    if not n:
-        return None
-    return [id2label.get(str(i), str(i)) for i in range(n)]
-
-
 def _check_safetensors(path: Path, fmt: str) -> None:
     if fmt == "full":
         ok = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
@@ -270,8 +263,10 @@ class Registry:
         return AutoTokenizer.from_pretrained(source)
 
     def _load_pooled(self, name: str, path: Path, meta: dict[str, Any]) -> Adapter:
+        from ..checkpoint import checkpoint_labels
+
         base = self._base_name(meta, name, path)
-        labels = _labels(meta)
+        labels = checkpoint_labels(meta)
         key = (base, meta["task"], self.quantization or meta.get("quantization"), len(labels) if labels else 0)
         pool = self.pools.get(key)
         tokenizer = self._tokenizer(path, base)
@@ -297,11 +292,11 @@ class Registry:
         return Adapter(name, path, meta["strategy"], meta["task"], labels, base, pool.model, pool.tokenizer, pool, mixable)
 
     def _load_alone(self, name: str, path: Path, meta: dict[str, Any]) -> Adapter:
-        from ..checkpoint import load
+        from ..checkpoint import checkpoint_labels, load
 
         if meta.get("format") == "full":
             model, base = load(path), meta.get("base_model")
         else:
             base = self._base_name(meta, name, path)
             model = load(path, base_model=self._base_model(meta, base, path))
-        return Adapter(name, path, meta["strategy"], meta["task"], _labels(meta), base, self._place(model), self._tokenizer(path, base))
+        return Adapter(name, path, meta["strategy"], meta["task"], checkpoint_labels(meta), base, self._place(model), self._tokenizer(path, base))
