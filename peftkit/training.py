@@ -684,7 +684,8 @@ class _Run:
         if tracker_names(config.report_to):
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in asdict(config).items()}
             accelerator.init_trackers("peftkit", config=flat)
-        self.chance = _chance_loss(task, prepared["train"])
+        chance = getattr(task, "chance_loss", None)  # a task of one's own may not have it
+        self.chance = chance(prepared["train"]) if chance else None
         self.record = self._record(model, run_info or {}, resume_dir, warmup)
         if accelerator.is_main_process:
             from .runreport import write_run_config
@@ -941,15 +942,6 @@ def resolve_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
     if config.epochs is not None:
         return int(config.epochs)
     return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / max(1, steps_per_epoch)))
-
-
-def _chance_loss(task, prepared) -> float | None:
-    """The label entropy of the prepared training split (classification tasks), else None."""
-    if getattr(task, "name", None) not in ("classification", "token-classification") or "labels" not in prepared.column_names:
-        return None
-    from .runreport import chance_loss
-
-    return chance_loss(prepared["labels"])
 
 
 class _Window:

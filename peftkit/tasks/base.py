@@ -23,6 +23,16 @@ class Task:
     name: str = ""
     main_metric: str = ""
     greater_is_better: bool = True
+    labels_are_classes: bool = False  # "labels" hold class ids (not generated tokens)
+
+    def chance_loss(self, prepared) -> float | None:
+        """The loss of always predicting a prepared training split's label frequencies (their
+        entropy), for the warning that a run learned nothing; None where that means nothing."""
+        if not self.labels_are_classes or "labels" not in prepared.column_names:
+            return None
+        from ..runreport import chance_loss
+
+        return chance_loss(prepared["labels"])
 
     def prepare(self, data, tokenizer, max_length: int = 128):
         """Tokenized splits holding only model inputs and "labels" (unpadded)."""

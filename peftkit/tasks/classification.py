@@ -14,6 +14,7 @@ class ClassificationTask(Task):
     name = "classification"
     main_metric = "accuracy"
     greater_is_better = True
+    labels_are_classes = True
 
     def __init__(self, label_names: list[str] | None = None):
         self.label_names = label_names

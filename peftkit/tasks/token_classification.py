@@ -27,6 +27,7 @@ class TokenClassificationTask(Task):
     name = "token-classification"
     main_metric = "f1"
     greater_is_better = True
+    labels_are_classes = True
 
     def __init__(self, label_names: list[str] | None = None):
         self.label_names = label_names
