@@ -78,14 +78,21 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 # --------------------------------------------------------------------------- train
 
-_COLUMNS = (  # flag name, default, task: what it holds
-    ("text", "text", "classification: the column holding the text"),
-    ("label", "label", "classification: the column holding the label"),
-    ("tokens", "tokens", "token-classification: the column holding the words"),
-    ("tags", "tags", "token-classification: the column holding the per-word tags"),
-    ("prompt", "prompt", "causal-lm: the column holding the prompt"),
-    ("response", "response", "causal-lm: the column holding the response to learn"),
-)
+def load_option_catalog() -> dict[str, tuple[Any, str]]:
+    """load_data option (``text_column``, ``label_separator`` ...) -> (default, help), over every task
+    (read from the task modules' source: `peftkit.static.task_catalog`)."""
+    from .static import task_catalog
+
+    users: dict[str, list[str]] = {}
+    found: dict[str, tuple[Any, str]] = {}
+    for task, attrs in task_catalog().items():
+        helps = attrs.get("option_help", {})
+        columns = {f"{c}_column": (None if c in attrs.get("optional_columns", ()) else d) for c, d in attrs.get("columns", {}).items()}
+        for key, default in {**columns, **attrs.get("options", {})}.items():
+            users.setdefault(key, []).append(task)
+            what = helps.get(key) or f"the column holding the {key[: -len('_column')].replace('_', ' ')}"
+            found.setdefault(key, (default, what))
+    return {key: (default, f"{', '.join(users[key])}: {what}") for key, (default, what) in found.items()}
 
 
 def _shown(value: Any) -> str:
@@ -98,9 +105,17 @@ def _shown(value: Any) -> str:
 
 
 def add_column_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``--text-column`` ... ``--response-column`` flags (train, eval, the recipes)."""
-    for name, default, what in _COLUMNS:
-        p.add_argument(f"--{name}-column", default=default, metavar="NAME", help=f"{what} (default: {default})")
+    """The tasks' data flags, ``--text-column`` ... ``--label-separator`` (train, eval, the recipes):
+    one per `peftkit.data.load_data` option of a registered task."""
+    for key, (default, what) in load_option_catalog().items():
+        kind = type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else None
+        p.add_argument(f"--{key.replace('_', '-')}", default=default, type=kind, metavar="NAME" if key.endswith("_column") else "VALUE",
+                       help=f"{what} (default: {_shown(default)})")
+
+
+def load_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The load_data options the parsed data flags give."""
+    return {key: getattr(args, key) for key in load_option_catalog() if hasattr(args, key)}
 
 
 def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
@@ -233,10 +248,8 @@ def load_data_from_args(args: argparse.Namespace, task: str, seed: int = 0):
     if not (args.data or args.train):
         raise SystemExit("peftkit: give the data: --data DATASET_ID_OR_DIR, or --train FILE (plus --validation/--test).")
     data = load_data(
-        args.data, task, train=args.train, validation=args.validation, test=args.test,
-        text_column=args.text_column, label_column=args.label_column, tokens_column=args.tokens_column,
-        tags_column=args.tags_column, prompt_column=args.prompt_column, response_column=args.response_column,
-        seed=seed, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        args.data, task, train=args.train, validation=args.validation, test=args.test, seed=seed,
+        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, **load_options_from_args(args),
     )
     return apply_prompt_template(data, getattr(args, "prompt_template", None), task)
 
@@ -245,8 +258,11 @@ def apply_prompt_template(data, template: str | None, task: str):
     """Each prompt written into ``template`` at ``{prompt}`` (causal-lm data); the data as it is without one."""
     if not template:
         return data
-    if task != "causal-lm":
-        raise ValueError(f"--prompt-template applies to causal-lm data, not {task}.")
+    from .tasks import TASKS, task_class
+
+    if "prompt" not in task_class(task).columns:
+        users = ", ".join(name for name, cls in TASKS.items() if "prompt" in cls.columns)
+        raise ValueError(f"--prompt-template applies to {users} data (a prompt column), not {task}.")
     try:
         template.format(prompt="")
     except (KeyError, IndexError, ValueError) as err:
@@ -327,8 +343,15 @@ def write_new_file(path: Path, text: str) -> None:
         raise
 
 
-def _read_inputs(args: argparse.Namespace) -> list[str]:
-    texts = list(args.text or [])
+def _read_inputs(args: argparse.Namespace) -> list[Any]:
+    """The inputs to predict on: ``--text`` (each paired with its ``--text-pair`` when given), then
+    ``--file``'s lines, or its ``--text-column`` (+ ``--text-pair-column``) rows for csv/tsv/json/jsonl."""
+    texts: list[Any] = list(args.text or [])
+    pairs = list(getattr(args, "text_pair", None) or [])
+    if pairs:
+        if len(pairs) != len(texts):
+            raise SystemExit(f"peftkit: {len(pairs)} --text-pair for {len(texts)} --text: give one --text-pair per --text.")
+        texts = [{"text": t, "text_pair": q} for t, q in zip(texts, pairs, strict=True)]
     if args.file:
         file = Path(args.file)
         if not file.is_file():
@@ -339,9 +362,14 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
             kind = {".tsv": "csv", ".jsonl": "json"}.get(file.suffix, file.suffix[1:])
             kwargs = {"delimiter": "\t"} if file.suffix == ".tsv" else {}
             rows = datasets.load_dataset(kind, data_files=str(file), split="train", **kwargs)
-            if args.text_column not in rows.column_names:
-                raise SystemExit(f"peftkit: {file} has no column {args.text_column!r}; columns: {', '.join(rows.column_names)}. Use --text-column.")
-            texts += [str(t) for t in rows[args.text_column]]
+            pair = getattr(args, "text_pair_column", None)
+            for column, flag in ((args.text_column, "--text-column"), (pair, "--text-pair-column")):
+                if column is not None and column not in rows.column_names:
+                    raise SystemExit(f"peftkit: {file} has no column {column!r}; columns: {', '.join(rows.column_names)}. Use {flag}.")
+            if pair is None:
+                texts += [str(t) for t in rows[args.text_column]]
+            else:
+                texts += [{"text": str(t), "text_pair": str(q)} for t, q in zip(rows[args.text_column], rows[pair], strict=True)]
         else:
             texts += [line.rstrip("\n") for line in file.read_text().splitlines() if line.strip()]
     if not texts:
@@ -364,18 +392,17 @@ def _load_checkpoint(path: str, base_model: str | None):
     return model, AutoTokenizer.from_pretrained(source), meta
 
 
-def predict(model, tokenizer, task: str, texts: list[str], batch_size: int = 32, max_new_tokens: int = 32) -> list[dict[str, Any]]:
-    """Predictions for raw texts: a label (classification), word labels (token classification)
-    or a generated continuation (causal LM); `peftkit.prediction.predict_texts` does the work."""
+def predict(model, tokenizer, task, inputs: list[Any], batch_size: int = 32, max_new_tokens: int = 32) -> list[dict[str, Any]]:
+    """One output row per input (a text, or a sentence pair): the input and its prediction as the
+    task presents it (`peftkit.tasks.Task.present`); `peftkit.prediction.predict_texts` does the work."""
     from .prediction import predict_texts
+    from .tasks import get_task
 
-    rows = predict_texts(model, tokenizer, task, texts, batch_size=16 if task == "causal-lm" else batch_size,
-                         max_new_tokens=max_new_tokens)
-    if task == "causal-lm":
-        return [{"text": t, "generated": r["generated"]} for t, r in zip(texts, rows, strict=True)]
-    if task == "classification":
-        return [{"text": t, "label": r["label"], "score": round(r["score"], 4)} for t, r in zip(texts, rows, strict=True)]
-    return [{"text": t, "tokens": r["tokens"], "labels": r["labels"]} for t, r in zip(texts, rows, strict=True)]
+    task = get_task(task)
+    if task.generative:
+        batch_size = min(batch_size, 16)  # generation pads on the left: long batches waste steps
+    rows = predict_texts(model, tokenizer, task, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return [task.present(task.parse_input(x), r) for x, r in zip(inputs, rows, strict=True)]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -392,25 +419,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _align_labels(data, model, task: str):
+def _align_labels(data, model, task):
     """Re-number a labelled split's label ids to the checkpoint's (`peftkit.data.checkpoint_label_ids`);
     a label the checkpoint does not know is refused."""
-    from .data import checkpoint_label_ids
+    from .data import checkpoint_label_ids, class_names, inner_feature
 
-    if task not in ("classification", "token-classification"):
+    column = task.label_column
+    if column is None:
         return data
-    column = "label" if task == "classification" else "tags"
-    names = data.features[column].names if task == "classification" else data.features[column].feature.names
+    feature = data.features[column]
+    names = class_names(inner_feature(feature) if task.nested_labels else feature)
     id2label = getattr(model.config, "id2label", None) or {}
     known = [str(id2label[k]) for k in sorted(id2label, key=int)]
     ids, unknown = checkpoint_label_ids(names, known)
     if unknown:
-        flag = "--label-column" if task == "classification" else "--tags-column"
+        flag = f"--{column.replace('_', '-')}-column"
         raise ValueError(f"The test file holds label(s) {', '.join(map(repr, unknown))} that the checkpoint was not "
                          f"trained on (its labels: {', '.join(known)}). Check {flag}, or score a file with those labels.")
-    if task == "classification":
-        return data.map(lambda row: {"label": ids[row["label"]]})
-    return data.map(lambda row: {"tags": [ids[t] for t in row["tags"]]})
+    if task.nested_labels:
+        return data.map(lambda row: {column: [ids[t] for t in row[column]]})
+    return data.map(lambda row: {column: ids[row[column]]})
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
@@ -425,14 +453,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
     task = get_task(meta["task"])
     test = expand_path(args.test)
-    data = load_data(None, meta["task"], train=test, validation=test, test=test, text_column=args.text_column,
-                     label_column=args.label_column, tokens_column=args.tokens_column, tags_column=args.tags_column,
-                     prompt_column=args.prompt_column, response_column=args.response_column,
-                     max_eval_samples=args.max_eval_samples)
+    data = load_data(None, task, train=test, validation=test, test=test, max_eval_samples=args.max_eval_samples,
+                     **load_options_from_args(args))
     data = apply_prompt_template(data, args.prompt_template, meta["task"])
     from datasets import DatasetDict
 
-    split = DatasetDict({"test": _align_labels(data["test"], model, meta["task"])})
+    split = DatasetDict({"test": _align_labels(data["test"], model, task)})
     prepared = task.prepare(split, tokenizer, max_length=args.max_length)["test"]
     accelerator = Accelerator(cpu=args.cpu)
     model, loader = accelerator.prepare(model, DataLoader(prepared, batch_size=args.batch_size, collate_fn=task.collator(tokenizer)))
@@ -535,8 +561,12 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, batch_size: int) -> No
 def _setup_predict(p: argparse.ArgumentParser) -> Callable:
     _add_checkpoint_arguments(p, batch_size=32)
     p.add_argument("--text", action="append", help="a text to predict, repeatable (default: none; give --text or --file)")
+    p.add_argument("--text-pair", action="append", help="sentence-pair classification: the second text of the pair, "
+                   "one per --text, in order (default: none)")
     p.add_argument("--file", help="texts, one per line; or a csv/tsv/json/jsonl file read with --text-column (default: none)")
     p.add_argument("--text-column", default="text", metavar="NAME", help="the text column of a csv/tsv/json/jsonl --file (default: text)")
+    p.add_argument("--text-pair-column", metavar="NAME", help="sentence-pair classification: the column of a csv/tsv/json/jsonl "
+                   "--file holding each pair's second text (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="causal-lm: tokens to generate per text (default: 32)")
     p.add_argument("--output", metavar="FILE", help="write JSON lines to this new file (default: print them)")
     return cmd_predict

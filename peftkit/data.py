@@ -37,8 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from .introspect import check_task
-
 PathLike = str | os.PathLike
 Files = PathLike | list[PathLike] | tuple[PathLike, ...]
 
@@ -54,12 +52,6 @@ FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
     ".parquet": ("parquet", {}),
     ".txt": ("conll", {}),  # parsed by _read_conll
     ".conll": ("conll", {}),
-}
-CANONICAL = {
-    "classification": ("text", "label"),
-    "token-classification": ("tokens", "tags"),
-    "causal-lm": ("prompt", "response"),
-    "seq2seq-lm": ("prompt", "response"),
 }
 
 
@@ -198,7 +190,7 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _read_files(files: list[Path], split: str, task: str):
+def _read_files(files: list[Path], split: str, task):
     """One split from local files, through ``datasets``' builders."""
     import datasets
 
@@ -208,10 +200,11 @@ def _read_files(files: list[Path], split: str, task: str):
         raise DataError(f"The {split} files {[str(f) for f in files]} mix formats; give one format per split.")
     builder, kwargs = FORMATS[files[0].suffix]
     if builder == "conll":
-        if task != "token-classification":
+        if not task.reads_conll:
+            users = ", ".join(name for name, cls in _registry().items() if cls.reads_conll)
             raise DataError(
-                f"{files[0]} is read as CoNLL (tagged tokens), which only the token-classification task uses. "
-                f"For {task}, give a .csv, .tsv, .json or .jsonl file."
+                f"{files[0]} is read as CoNLL (tagged tokens), which only the {users} task uses. "
+                f"For {task.name}, give a .csv, .tsv, .json or .jsonl file."
             )
         return _read_conll_files(files)
     try:
@@ -305,7 +298,7 @@ def _is_text(feature) -> bool:
     return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
 
-def _inner(feature):
+def inner_feature(feature):
     """The element feature of a list feature (``List`` / ``Sequence`` / ``LargeList``), else None."""
     return getattr(feature, "feature", None) if type(feature).__name__ in ("List", "Sequence", "LargeList") else None
 
@@ -317,7 +310,7 @@ def _first_null(ds, column: str) -> int | None:
     return int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
 
 
-def _check_text(ds, column: str, role: str, param: str, where: str) -> None:
+def check_text(ds, column: str, role: str, param: str, where: str) -> None:
     feature = ds.features[column]
     if not _is_text(feature):
         example = ds[0][column] if len(ds) else None
@@ -333,8 +326,8 @@ def _check_text(ds, column: str, role: str, param: str, where: str) -> None:
         )
 
 
-def _check_tokens(ds, column: str, param: str, where: str) -> None:
-    inner = _inner(ds.features[column])
+def check_tokens(ds, column: str, param: str, where: str) -> None:
+    inner = inner_feature(ds.features[column])
     if inner is None or not _is_text(inner):
         raise DataError(
             f"The tokens column {column!r} in {where} must hold lists of words (strings); it holds "
@@ -349,7 +342,7 @@ def _check_tokens(ds, column: str, param: str, where: str) -> None:
         raise DataError(f"The tokens column {column!r} in {where} holds missing words (nulls){f' in row {row}' if row >= 0 else ''}.")
 
 
-def _label_name(value) -> str:
+def label_name(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (float, np.floating)):
@@ -373,13 +366,13 @@ def _sort_names(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (n != "O", n))
 
 
-def _class_names(feature) -> list[str] | None:
+def class_names(feature) -> list[str] | None:
     from datasets import ClassLabel
 
     return list(feature.names) if isinstance(feature, ClassLabel) else None
 
 
-def _label_values(ds, column: str, nested: bool) -> list[str]:
+def label_values(ds, column: str, nested: bool) -> list[str]:
     """Distinct label names in a column (of lists when ``nested``)."""
     import pyarrow.compute as pc
 
@@ -388,7 +381,7 @@ def _label_values(ds, column: str, nested: bool) -> list[str]:
         values = pc.unique(col.flatten() if nested else col).to_pylist()
     except (NotImplementedError, TypeError, ValueError):  # e.g. a Json column of mixed types
         values = [v for row in ds[column] for v in row] if nested else list(ds[column])
-    return sorted({_label_name(v) for v in values if v is not None})
+    return sorted({label_name(v) for v in values if v is not None})
 
 
 def _check_labels_present(ds, column: str, where: str, nested: bool) -> None:
@@ -399,16 +392,16 @@ def _check_labels_present(ds, column: str, where: str, nested: bool) -> None:
         raise DataError(f"{where} has rows without a label in {column!r}{f' (row {row})' if row >= 0 else ''}; label every row or drop those rows.")
 
 
-def _encode_labels(raw: dict[str, Any], origin: dict[str, str], column: str, nested: bool) -> tuple[dict[str, Any], list[str]]:
+def encode_labels(raw: dict[str, Any], origin: dict[str, str], column: str, nested: bool) -> tuple[dict[str, Any], list[str]]:
     """Names from train (or its ClassLabel); each split's labels checked against them.
 
     Returns ({split: (dataset, {name: id} or None when already ClassLabel ids)}, names)."""
     train_feature = raw["train"].features[column]
-    existing = _class_names(_inner(train_feature) if nested else train_feature)
+    existing = class_names(inner_feature(train_feature) if nested else train_feature)
     if existing is not None:
         return {s: (ds, None) for s, ds in raw.items()}, existing
     _check_labels_present(raw["train"], column, origin["train"], nested)
-    names = _sort_names(set(_label_values(raw["train"], column, nested)))
+    names = _sort_names(set(label_values(raw["train"], column, nested)))
     if not names:
         raise DataError(f"{origin['train']} holds no labels in {column!r}.")
     ids = {name: i for i, name in enumerate(names)}
@@ -416,7 +409,7 @@ def _encode_labels(raw: dict[str, Any], origin: dict[str, str], column: str, nes
     for split, ds in raw.items():
         if split != "train":
             _check_labels_present(ds, column, origin[split], nested)
-            unseen = sorted(set(_label_values(ds, column, nested)) - ids.keys())
+            unseen = sorted(set(label_values(ds, column, nested)) - ids.keys())
             if unseen:
                 shown = ", ".join(repr(u) for u in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
                 raise DataError(
@@ -428,7 +421,7 @@ def _encode_labels(raw: dict[str, Any], origin: dict[str, str], column: str, nes
     return out, names
 
 
-def _canonical(ds, mapping: dict[str, str], features, label_ids: dict[str, int] | None, label_key: str | None, nested: bool):
+def canonical_columns(ds, mapping: dict[str, str], features, label_ids: dict[str, int] | None, label_key: str | None, nested: bool):
     """A dataset holding only the canonical columns (``mapping``: canonical → source column)."""
 
     def convert(batch):
@@ -436,15 +429,15 @@ def _canonical(ds, mapping: dict[str, str], features, label_ids: dict[str, int] 
         if label_ids is not None and label_key is not None:
             values = out[label_key]
             if nested:
-                out[label_key] = [[label_ids[_label_name(v)] for v in row] for row in values]
+                out[label_key] = [[label_ids[label_name(v)] for v in row] for row in values]
             else:
-                out[label_key] = [label_ids[_label_name(v)] for v in values]
+                out[label_key] = [label_ids[label_name(v)] for v in values]
         return out
 
     return ds.map(convert, batched=True, remove_columns=ds.column_names, features=features, desc="peftkit: columns")
 
 
-def _check_lengths(ds, where: str) -> None:
+def check_lengths(ds, where: str) -> None:
     import pyarrow.compute as pc
 
     tokens = pc.list_value_length(ds.data.column("tokens")).to_numpy(zero_copy_only=False)
@@ -469,7 +462,7 @@ def _blank(strings) -> np.ndarray:
     return pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
 
 
-def _drop_blank_rows(ds, columns: dict[str, str], where: str):
+def drop_blank_rows(ds, columns: dict[str, str], where: str):
     """``ds`` without the rows whose text is empty or whitespace only in any of ``columns``
     (canonical name → the user's column name), with a warning that counts them.
 
@@ -498,7 +491,7 @@ def _drop_blank_rows(ds, columns: dict[str, str], where: str):
     return ds.select(np.flatnonzero(~blank))
 
 
-def _drop_blank_tokens(ds, name: str, where: str):
+def drop_blank_tokens(ds, name: str, where: str):
     """``ds`` without empty or whitespace-only words (and their tags), with a warning that counts
     them: the tokenizer gives such a word no sub-token, so it could be neither learned nor scored.
     Sentences left without words are dropped too."""
@@ -530,50 +523,59 @@ def _drop_blank_tokens(ds, name: str, where: str):
     return kept
 
 
-def _distinct_labels(ds, task: str) -> list[int]:
-    """The label (or tag) ids a classification / token-classification split holds; [] for other tasks."""
+def _task(task):
+    """The Task object for a task name (or the Task itself)."""
+    from .tasks import get_task
+
+    return get_task(task)
+
+
+def _distinct_labels(ds, task) -> list[int]:
+    """The label (or tag) ids a split holds in the task's label column; [] for tasks without one."""
     import pyarrow.compute as pc
 
-    canonical = CANONICAL[task][1]
-    if task not in ("classification", "token-classification") or canonical not in ds.column_names or not len(ds):
+    task = _task(task)
+    canonical = task.label_column
+    if canonical is None or canonical not in ds.column_names or not len(ds):
         return []
     values = ds.with_format("arrow")[canonical].combine_chunks()
-    return pc.unique(values.flatten() if task == "token-classification" else values).drop_null().to_pylist()
+    return pc.unique(values.flatten() if task.nested_labels else values).drop_null().to_pylist()
 
 
-def check_classes(train, task: str, where: str = "the train split", column: str | None = None, hint: str = "") -> None:
-    """Refuse a classification or token-classification training split whose labels take one value.
+def check_classes(train, task, where: str = "the train split", column: str | None = None, hint: str = "") -> None:
+    """Refuse a training split whose labels (tags) take one value, for a task with a label column.
 
     A model trained on it learns to always answer that label, and an evaluation holding only that
     label reports accuracy 1.0. ``where`` and ``column`` (the user's name for the label column)
     go into the message; ``hint`` (a sentence left open for "add training rows ...") says how the
     split came to hold one label when peftkit made it so.
     """
+    task = _task(task)
     distinct = _distinct_labels(train, task)
     if len(distinct) != 1:
         return
-    canonical, nested = CANONICAL[task][1], task == "token-classification"
-    names = _class_names(_inner(train.features[canonical]) if nested else train.features[canonical])
+    canonical, nested = task.label_column, task.nested_labels
+    names = class_names(inner_feature(train.features[canonical]) if nested else train.features[canonical])
     label = names[distinct[0]] if names and 0 <= distinct[0] < len(names) else distinct[0]
     column = column or canonical
-    param = "tags_column" if nested else "label_column"
-    if nested:
+    param = f"{canonical}_column"
+    noun = "tag" if canonical == "tags" else "label"
+    if noun == "tag":
         effect = f"every tag in {column!r} is {label!r}: the model would learn to tag every word {label!r}"
     else:
         effect = (f"every row's {column!r} is {label!r}: the model would learn to always answer {label!r}, "
                   "and an evaluation on that label alone would report accuracy 1.0")
-    noun = "tag" if nested else "label"
     raise DataError(
         f"{where} holds a single {noun}: {effect}. {hint}{'a' if hint else 'A'}dd training rows with at least one "
         f"other {noun} (or check that {param}= names the {noun} column)."
     )
 
 
-def _drop_unlabelled(raw: dict[str, Any], origin: dict[str, str], column: str) -> None:
+def drop_unlabelled(raw: dict[str, Any], origin: dict[str, str], column: str) -> None:
     """Hub test splits often carry label -1 (unlabelled, e.g. GLUE): drop such a split."""
     for split in ("validation", "test"):
         ds = raw.get(split)
-        if ds is None or column not in ds.column_names or _class_names(ds.features[column]) is None:
+        if ds is None or column not in ds.column_names or class_names(ds.features[column]) is None:
             continue
         values = ds.data.column(column).to_numpy(zero_copy_only=False)
         if len(values) and (values < 0).all():
@@ -593,87 +595,95 @@ def _subset(ds, n: int | None, seed: int):
     return ds.select(sorted(rng.choice(len(ds), size=n, replace=False).tolist()))
 
 
+def load_options(task) -> tuple[dict[str, str | None], dict[str, Any]]:
+    """({load_data column kwarg: default}, {other load_data option: default}) of a task."""
+    task = _task(task)
+    return task.column_options(), dict(task.options)
+
+
+def all_load_options() -> dict[str, Any]:
+    """Every registered task's load_data column kwargs and options, with a default each (the
+    first task's that names it): the keys flags, YAML files and load_data share."""
+    from .tasks import TASKS
+
+    out: dict[str, Any] = {}
+    for cls in TASKS.values():
+        for key, value in {**cls.column_options(), **cls.options}.items():
+            out.setdefault(key, value)
+    return out
+
+
+def _split_options(task, given: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, Any]]:
+    """The task's ({canonical column: the user's column or None}, {option: value}) from load_data's
+    keyword arguments. Another task's option is ignored at its default and refused otherwise."""
+    columns, options = load_options(task)
+    known = all_load_options()
+    for key, value in given.items():
+        if key in columns or key in options:
+            continue
+        if key not in known:
+            raise TypeError(f"load_data() got an unexpected keyword argument {key!r}; the {task.name} task takes "
+                            f"{', '.join([*columns, *options])}.")
+        if value is not None and value != known[key]:
+            users = [name for name, cls in _registry().items() if key in {**cls.column_options(), **cls.options}]
+            raise DataError(f"{key}={value!r} applies to the {', '.join(users)} task(s), not {task.name}; leave it out.")
+    columns = {key[: -len("_column")]: given.get(key, default) for key, default in columns.items()}
+    options = {key: given.get(key, default) for key, default in options.items()}
+    return columns, options
+
+
+def _registry():
+    from .tasks import TASKS
+
+    return TASKS
+
+
 def load_data(
     source: str | os.PathLike | None,
-    task: str,
+    task,
     *,
     train: Files | None = None,
     validation: Files | None = None,
     test: Files | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    tokens_column: str = "tokens",
-    tags_column: str = "tags",
-    prompt_column: str = "prompt",
-    response_column: str = "response",
     validation_fraction: float = 0.1,
     seed: int = 0,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    **options: Any,
 ):
-    """Load ``source`` (hub id, ``"demo"``, directory or file; or None with ``train=``) for ``task``.
+    """Load ``source`` (hub id, ``"demo"``, directory or file; or None with ``train=``) for ``task``
+    (a registered task's name, or a Task).
 
     Returns a ``datasets.DatasetDict`` with "train", "validation" and, when the source has one,
-    "test", holding the task's canonical columns (see the module docstring). Without a
+    "test", holding the task's canonical columns (see the module docstring). ``options``: the
+    task's column names (``text_column="sentence"``: ``<canonical>_column``) and other load
+    options (``label_separator``); another task's option at its default is ignored. Without a
     validation split, ``validation_fraction`` of train is carved off (seeded, stratified by label
     for classification when possible). ``max_train_samples`` / ``max_eval_samples`` keep a
     seeded random subset of train / of validation and test.
     """
-    from datasets import ClassLabel, DatasetDict, Features, Sequence, Value
+    from datasets import DatasetDict
 
-    check_task(task)
+    task = _task(task)
+    columns, task_options = _split_options(task, options)
     if not 0 < validation_fraction < 1:
         raise DataError(f"validation_fraction must be between 0 and 1, got {validation_fraction}.")
     raw, origin = _read_raw(source, train, validation, test, task)
-    params = {
-        "classification": (("text", text_column, "text", "text_column"), ("label", label_column, "label", "label_column")),
-        "token-classification": (("tokens", tokens_column, "tokens", "tokens_column"), ("tags", tags_column, "tags", "tags_column")),
-    }.get(task, (("prompt", prompt_column, "prompt", "prompt_column"), ("response", response_column, "response", "response_column")))
-    if task == "classification":
-        _drop_unlabelled(raw, origin, label_column)
+    task.drop_unusable(raw, origin, columns)
     for split, ds in raw.items():
         if len(ds) == 0:
             raise DataError(f"The {split} split is empty: {origin[split]} holds no rows.")
-        for _canon, column, role, param in params:
-            _require_column(ds, column, role, param, origin[split])
+        for canon, column in columns.items():
+            if column is not None:
+                _require_column(ds, column, canon.replace("_", " "), f"{canon}_column", origin[split])
+    out = task.canonicalize(raw, origin, columns, task_options)
 
-    mapping = {canon: column for canon, column, _, _ in params}
-    names: list[str] | None = None
-    if task == "classification":
-        for split, ds in raw.items():
-            _check_text(ds, text_column, "text", "text_column", origin[split])
-        encoded, names = _encode_labels(raw, origin, label_column, nested=False)
-        features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
-        out = {s: _canonical(ds, mapping, features, ids, "label", False) for s, (ds, ids) in encoded.items()}
-        out = {s: _drop_blank_rows(ds, {"text": text_column}, origin[s]) for s, ds in out.items()}
-    elif task == "token-classification":
-        for split, ds in raw.items():
-            _check_tokens(ds, tokens_column, "tokens_column", origin[split])
-            if _inner(ds.features[tags_column]) is None:
-                raise DataError(
-                    f"The tags column {tags_column!r} in {origin[split]} must hold a list of tags per row; it holds "
-                    f"{ds.features[tags_column]}. Pass tags_column= naming the per-word tag column."
-                )
-        encoded, names = _encode_labels(raw, origin, tags_column, nested=True)
-        features = Features({"tokens": Sequence(Value("string")), "tags": Sequence(ClassLabel(names=names))})
-        out = {s: _canonical(ds, mapping, features, ids, "tags", True) for s, (ds, ids) in encoded.items()}
-        for split, ds in out.items():
-            _check_lengths(ds, origin[split])
-        out = {s: _drop_blank_tokens(ds, tokens_column, origin[s]) for s, ds in out.items()}
-    else:
-        for split, ds in raw.items():
-            _check_text(ds, prompt_column, "prompt", "prompt_column", origin[split])
-            _check_text(ds, response_column, "response", "response_column", origin[split])
-        features = Features({"prompt": Value("string"), "response": Value("string")})
-        out = {s: _canonical(ds, mapping, features, None, None, False) for s, ds in raw.items()}
-        texts = {"prompt": prompt_column, "response": response_column}
-        out = {s: _drop_blank_rows(ds, texts, origin[s]) for s, ds in out.items()}
-
-    label_column = {"classification": label_column, "token-classification": tags_column}.get(task)
+    label_column = columns.get(task.label_column) if task.label_column else None
     carved = "validation" not in out
     several = len(_distinct_labels(out["train"], task)) > 1
     if carved:
-        out["train"], out["validation"] = _carve_validation(out["train"], validation_fraction, seed, task == "classification")
+        out["train"], out["validation"] = _carve_validation(out["train"], validation_fraction, seed,
+                                                            task.label_column if task.stratify else None)
     check_classes(out["train"], task, origin["train"], label_column, (
         f"It has others, but carving a validation split (validation_fraction={validation_fraction}) took their "
         "only rows: give a validation file, or ") if carved and several else "")
@@ -686,7 +696,7 @@ def load_data(
     return DatasetDict({s: out[s] for s in SPLITS if s in out})
 
 
-def _carve_validation(train, fraction: float, seed: int, stratify: bool):
+def _carve_validation(train, fraction: float, seed: int, stratify: str | None):
     n_val = max(1, round(len(train) * fraction))
     if len(train) - n_val < 1:
         raise DataError(
@@ -695,7 +705,7 @@ def _carve_validation(train, fraction: float, seed: int, stratify: bool):
         )
     if stratify:
         try:
-            parts = train.train_test_split(test_size=n_val, seed=seed, stratify_by_column="label")
+            parts = train.train_test_split(test_size=n_val, seed=seed, stratify_by_column=stratify)
             return parts["train"], parts["test"]
         except ValueError:  # a class too small to stratify: fall back to a plain seeded split
             pass
@@ -723,17 +733,17 @@ def checkpoint_label_ids(file_names: list[str], checkpoint_names: list[str]) -> 
     return ids, unknown
 
 
-def label_names(dataset_dict, task: str) -> list[str] | None:
-    """The class names of a `load_data` result (None for generative tasks)."""
-    check_task(task)
-    if task not in ("classification", "token-classification"):
+def label_names(dataset_dict, task) -> list[str] | None:
+    """The class names of a `load_data` result (None for tasks without a label column)."""
+    task = _task(task)
+    column = task.label_column
+    if column is None:
         return None
-    column = CANONICAL[task][1]
     for ds in dataset_dict.values():
         if column in ds.column_names:
             feature = ds.features[column]
-            names = _class_names(_inner(feature) if task == "token-classification" else feature)
+            names = class_names(inner_feature(feature) if task.nested_labels else feature)
             if names is None:
                 raise DataError(f"Column {column!r} is {feature}, not a ClassLabel: load the data with peftkit.data.load_data.")
             return names
-    raise DataError(f"The data has no {column!r} column for {task}: load it with peftkit.data.load_data(..., {task!r}).")
+    raise DataError(f"The data has no {column!r} column for {task.name}: load it with peftkit.data.load_data(..., {task.name!r}).")

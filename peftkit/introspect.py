@@ -12,65 +12,68 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-TASKS = ("classification", "token-classification", "causal-lm", "seq2seq-lm")
+from .tasks import TASKS as _REGISTRY
+from .tasks import task_class
 
-# Class-name suffixes that identify the task a model was built for.
-_TASK_SUFFIXES = (
-    ("ForSequenceClassification", "classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForCausalLM", "causal-lm"),
-    ("LMHeadModel", "causal-lm"),
-    ("ForSeq2SeqLM", "seq2seq-lm"),
-)
-
-PEFT_TASK_TYPES = {
-    "classification": "SEQ_CLS",
-    "token-classification": "TOKEN_CLS",
-    "causal-lm": "CAUSAL_LM",
-    "seq2seq-lm": "SEQ_2_SEQ_LM",
-}
+TASKS = tuple(_REGISTRY)  # the built-in tasks' names, read off the registry (check_task also knows later ones)
 
 
-AUTO_CLASSES = {
-    "classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "seq2seq-lm": "AutoModelForSeq2SeqLM",
-}
+class _PeftTaskTypes(dict):
+    """task name -> PEFT TaskType name, read off the registry when asked (tasks registered later included)."""
+
+    def __missing__(self, task: str) -> str:
+        return task_class(task).peft_task_type
+
+
+PEFT_TASK_TYPES = _PeftTaskTypes()
 
 
 def auto_class(task: str):
     """The transformers Auto class that builds a model for ``task``."""
     import transformers
 
-    return getattr(transformers, AUTO_CLASSES[check_task(task)])
+    return getattr(transformers, task_class(check_task(task)).auto_class)
 
 
 def check_task(task: str) -> str:
     """Return ``task`` if it is one peftkit knows; raise a ValueError listing the valid ones."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASKS)}.")
+    if task not in _REGISTRY:
+        raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(_REGISTRY)}.")
     return task
 
 
-def task_of_class_name(name: str, is_encoder_decoder: bool = False) -> str | None:
-    """The task of a model class called ``name`` (e.g. a config's ``architectures`` entry), or None."""
-    for suffix, task in _TASK_SUFFIXES:
-        if name.endswith(suffix):
+def has_head(task: str) -> bool:
+    """Whether ``task``'s models carry a new head sized by the label names (classification ones)."""
+    return task_class(check_task(task)).has_head
+
+
+def head_tasks() -> tuple[str, ...]:
+    """The tasks whose models carry a new, label-sized head."""
+    return tuple(name for name, cls in _REGISTRY.items() if cls.has_head)
+
+
+def task_of_class_name(name: str, is_encoder_decoder: bool = False, config=None) -> str | None:
+    """The task of a model class called ``name`` (e.g. a config's ``architectures`` entry), or None:
+    the first registered task that claims it (``config`` tells a multi-label head, an encoder-decoder)."""
+    if config is None:
+        from types import SimpleNamespace
+
+        config = SimpleNamespace(is_encoder_decoder=is_encoder_decoder)
+    for task, cls in _REGISTRY.items():
+        if cls.claims(name, config):
             return task
-    if name.endswith("ForConditionalGeneration"):
-        return "seq2seq-lm" if is_encoder_decoder else "causal-lm"
     return None
 
 
 def infer_task(model: nn.Module) -> str:
     """Work out the task a model was built for from its class (and config for seq2seq models)."""
     name = type(model).__name__
-    task = task_of_class_name(name, bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)))
+    config = getattr(model, "config", None)
+    task = task_of_class_name(name, bool(getattr(config, "is_encoder_decoder", False)), config=config)
     if task is not None:
         return task
     raise ValueError(
-        f"Cannot tell the task of {name}: peftkit handles models for {', '.join(TASKS)} "
+        f"Cannot tell the task of {name}: peftkit handles models for {', '.join(_REGISTRY)} "
         "(classes ending in ForSequenceClassification, ForTokenClassification, ForCausalLM, "
         "ForSeq2SeqLM). Load the model with peftkit.load_model(name, task=...) or the matching "
         "transformers AutoModelFor... class."
@@ -92,7 +95,7 @@ def head_module_names(model: nn.Module) -> list[str]:
     (DistilBERT), ``classification_head`` (BART, T5) and so on. Language-model heads are not
     returned: they are pretrained (often tied to the embeddings) and stay frozen.
     """
-    if infer_task(model) not in ("classification", "token-classification"):
+    if not has_head(infer_task(model)):
         return []
     inner = backbone(model)
     return [

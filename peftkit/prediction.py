@@ -1,8 +1,11 @@
-"""Predictions for raw texts, shared by ``peftkit predict`` and ``peftkit serve``.
+"""Predictions for raw inputs, shared by ``peftkit predict`` and ``peftkit serve``.
 
-`predict_texts` runs one model on a list of texts and returns one dict per text:
+`predict_texts` runs one model on a list of inputs and returns one dict per input; the task
+(`peftkit.tasks`) does the work. The built-in tasks return:
 
-- classification: ``{"label", "score", "scores": {label: probability}}``
+- classification: ``{"label", "score", "scores": {label: probability}}`` (an input is a text or
+  a sentence pair ``{"text", "text_pair"}``)
+- multi-label classification: ``{"labels", "scores"}``, the labels scoring above the threshold
 - token classification (words split on whitespace, each word's label on its first sub-token):
   ``{"tokens", "labels", "entities": [{"label", "text", "start", "end", "score"}]}``, entity
   spans being character offsets into the text (BIO/IOB tags grouped into entities)
@@ -19,10 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 _WORD = re.compile(r"\S+")
-
-
-def _forward_kwargs(adapter_names: Sequence[str] | None, rows: list[int]) -> dict[str, Any]:
-    return {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in rows]}
 
 
 def entities(text: str, labels: list[str], scores: list[float]) -> list[dict[str, Any]]:
@@ -54,64 +53,22 @@ def entities(text: str, labels: list[str], scores: list[float]) -> list[dict[str
 def predict_texts(
     model,
     tokenizer,
-    task: str,
-    texts: Sequence[str],
+    task,
+    texts: Sequence[Any],
     *,
     labels: Sequence[Sequence[str] | None] | None = None,
     adapter_names: Sequence[str] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 32,
 ) -> list[dict[str, Any]]:
-    """One prediction per text (see the module docstring); ``labels[i]`` names text i's classes
-    (default: the model config's id2label)."""
-    import torch
+    """One prediction per input (a text, or what the task's ``parse_input`` takes: a sentence
+    pair); ``task`` is a registered name or a Task, which does the work (``Task.predict``);
+    ``labels[i]`` names input i's classes (default: the model config's id2label)."""
+    from .tasks import get_task
 
-    texts = list(texts)
-    if adapter_names is not None and len(adapter_names) != len(texts):
-        raise ValueError(f"{len(adapter_names)} adapter names for {len(texts)} texts: give one per text.")
-    if task == "causal-lm":
-        from .tasks import get_task
-
-        generated = get_task(task).generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                            adapter_names=adapter_names)
-        return [{"generated": g} for g in generated]
-    if task not in ("classification", "token-classification"):
-        raise ValueError(f"peftkit cannot predict for task {task!r}: classification, token-classification or causal-lm.")
-    id2label = getattr(model.config, "id2label", None) or {}
-    default = [id2label.get(k, str(k)) for k in range(len(id2label))]
-    names = list(labels) if labels is not None else [None] * len(texts)
-    device = next(model.parameters()).device
-    out: list[dict[str, Any] | None] = [None] * len(texts)
-    # Batches of similar lengths pad less: on MiniLM (2 CPU threads) 32 SST-2 sentences ran at 207
-    # sentences/s sorted into batches of 8, against 130 as one padded batch of 32. Rows keep their order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        chunk = [texts[i] for i in rows]
-        words = [t.split() for t in chunk] if task == "token-classification" else None
-        enc = tokenizer(words or chunk, is_split_into_words=words is not None, truncation=True, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**{k: v.to(device) for k, v in enc.items()}, **_forward_kwargs(adapter_names, rows)).logits
-        probs = logits.float().softmax(-1)
-        for j, (i, text) in enumerate(zip(rows, chunk, strict=True)):
-            row_names = list(names[i] or default)
-
-            def name(k: int, row_names=row_names) -> str:
-                return row_names[k] if k < len(row_names) else str(k)
-
-            if task == "classification":
-                k = int(probs[j].argmax())
-                scores = {name(c): float(p) for c, p in enumerate(probs[j].tolist())}
-                out[i] = {"label": name(k), "score": float(probs[j, k]), "scores": scores}
-                continue
-            word_labels, word_scores, seen = [], [], set()
-            for pos, w in enumerate(enc.word_ids(j)):
-                if w is not None and w not in seen:
-                    seen.add(w)
-                    k = int(probs[j, pos].argmax())
-                    word_labels.append(name(k))
-                    word_scores.append(float(probs[j, pos, k]))
-            missing = len(words[j]) - len(word_labels)  # words cut off by truncation
-            word_labels, word_scores = word_labels + ["O"] * missing, word_scores + [0.0] * missing
-            out[i] = {"tokens": words[j], "labels": word_labels, "entities": entities(text, word_labels, word_scores)}
-    return out
+    task = get_task(task)
+    inputs = [task.parse_input(t) for t in texts]
+    if adapter_names is not None and len(adapter_names) != len(inputs):
+        raise ValueError(f"{len(adapter_names)} adapter names for {len(inputs)} texts: give one per text.")
+    return task.predict(model, tokenizer, inputs, labels=labels, adapter_names=adapter_names, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens)

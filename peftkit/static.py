@@ -92,3 +92,28 @@ def _class_list(module: str, constant: str) -> list[str]:
         if isinstance(target, ast.Name) and target.id == constant and isinstance(node.value, ast.Tuple):
             return [element.id for element in node.value.elts if isinstance(element, ast.Name)]
     raise LookupError(f"peftkit.{module} defines no tuple {constant} of names")
+
+
+@cache
+def task_catalog() -> dict[str, dict[str, Any]]:
+    """task name -> its literal class attributes (inherited ones included: ``columns``,
+    ``optional_columns``, ``options``, ``summary`` ...), for the Task classes in ``peftkit/tasks/*.py``,
+    in the order `peftkit.tasks.TASKS` registers them (its ``FIRST`` modules, then the others)."""
+    first = constants("tasks")["FIRST"]
+    files = sorted((PACKAGE / "tasks").glob("*.py"), key=lambda f: (f.stem not in first, first.index(f.stem) if f.stem in first else 0, f.stem))
+    classes: dict[str, tuple[ast.ClassDef, dict[str, Any]]] = {}
+    for file in files:
+        if file.stem != "__init__":
+            for node in _tree(f"tasks.{file.stem}").body:
+                if isinstance(node, ast.ClassDef):
+                    classes[node.name] = (node, _literals(node.body))
+
+    def attributes(name: str) -> dict[str, Any]:
+        node, own = classes[name]
+        inherited: dict[str, Any] = {}
+        for base in node.bases:
+            if isinstance(base, ast.Name) and base.id in classes:
+                inherited.update(attributes(base.id))
+        return {**inherited, **own}
+
+    return {attrs["name"]: attrs for cls, (_, own) in classes.items() if own.get("name") for attrs in [attributes(cls)]}

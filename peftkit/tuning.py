@@ -32,7 +32,6 @@ from typing import Any
 # TrainConfig fields that are not hyperparameters: where to write, how to show, what to resume.
 NOT_SEARCHABLE = ("output_dir", "resume_from_checkpoint", "progress", "report_to", "device", "cpu", "metric_for_best",
                   "greater_is_better", "load_best_at_end", "save_steps", "save_total_limit", "log_every")
-HEAD_TASKS = ("classification", "token-classification")
 
 
 class SearchSpaceError(ValueError):
@@ -145,11 +144,12 @@ def parse_search(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, R
 
 def default_space(strategy: str, task: str) -> dict[str, Range | Choice]:
     """The search space a strategy gets by default: the one place it is written down."""
+    from .introspect import has_head
     from .strategies import default_learning_rate
 
     lr = default_learning_rate(strategy)
     space: dict[str, Range | Choice] = {"lr": Range(lr / 5, lr * 5, log=True)}
-    if task in HEAD_TASKS:
+    if has_head(task):
         space["head_lr"] = Range(1e-4, 1e-2, log=True)
     space["warmup_ratio"] = Range(0.0, 0.2)
     space["weight_decay"] = Range(0.0, 0.1)
@@ -177,6 +177,8 @@ def search_space(strategy: str, task: str, search=None, fixed: Iterable[str] = (
     Refuses, before anything trains, a key that is neither a searchable training option nor an
     option of ``strategy``, and ``head_lr`` for a task without a fresh head.
     """
+    from .introspect import has_head, head_tasks
+
     overrides = parse_search(search)
     train_keys, strategy_keys = _searchable(strategy)
     for key in overrides:
@@ -186,8 +188,8 @@ def search_space(strategy: str, task: str, search=None, fixed: Iterable[str] = (
                 f"option. Strategy options: {', '.join(sorted(strategy_keys)) or 'none'}; training options: "
                 f"{', '.join(sorted(train_keys))}."
             )
-        if key == "head_lr" and task not in HEAD_TASKS:
-            raise SearchSpaceError(f"--search head_lr: task {task!r} has no new task head; only {', '.join(HEAD_TASKS)} do.")
+        if key == "head_lr" and not has_head(task):
+            raise SearchSpaceError(f"--search head_lr: task {task!r} has no new task head; only {', '.join(head_tasks())} do.")
     fixed = set(fixed)
     space = {k: v for k, v in default_space(strategy, task).items() if k not in fixed}
     space.update(overrides)

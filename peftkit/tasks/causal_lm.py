@@ -42,11 +42,23 @@ class CausalLMTask(Task):
     ``use_chat_template``: None (default) uses the tokenizer's chat template when it has one."""
 
     name = "causal-lm"
+    summary = "prompt -> response with a decoder-only LM (loss on the response)"
     main_metric = "eval_loss"
     greater_is_better = False
+    auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    class_suffixes = ("ForCausalLM", "LMHeadModel")
+    generative = True
+    columns = {"prompt": "prompt", "response": "response"}
+    bench_metrics = ("exact_match",)
 
     def __init__(self, use_chat_template: bool | None = None):
         self.use_chat_template = use_chat_template
+
+    @classmethod
+    def claims(cls, model_class_name: str, config=None) -> bool:
+        return super().claims(model_class_name, config) or (
+            model_class_name.endswith("ForConditionalGeneration") and not getattr(config, "is_encoder_decoder", False))
 
     # ------------------------------------------------------------------ text layout
 
@@ -203,3 +215,21 @@ class CausalLMTask(Task):
             dataset = dataset.select(range(min(max_samples, len(dataset))))
         answers = self.generate(model, tokenizer, list(dataset["prompt"]), max_new_tokens=max_new_tokens, batch_size=batch_size)
         return exact_match_score(answers, list(dataset["response"]))
+
+    # ------------------------------------------------------------------ prediction and benchmark
+
+    def predict(self, model, tokenizer, inputs, *, labels=None, adapter_names=None, batch_size=16, max_new_tokens=32):
+        """``{"generated"}`` per prompt: greedy, laid out as in training."""
+        generated = self.generate(model, tokenizer, list(inputs), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  adapter_names=adapter_names)
+        return [{"generated": g} for g in generated]
+
+    def input_columns(self) -> tuple[str, ...]:
+        return ("text",)
+
+    def present(self, value, prediction):
+        return {"text": value, "generated": prediction["generated"]}
+
+    def bench_score(self, model, tokenizer, test, *, max_length, batch_size, device, max_new_tokens=32):
+        """Exact match of greedy answers against the responses."""
+        return {"exact_match": self.exact_match(model, tokenizer, test, max_new_tokens=max_new_tokens, batch_size=batch_size)}
