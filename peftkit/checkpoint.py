@@ -30,7 +30,7 @@ from torch import nn
 
 from . import base_source
 from .base_source import BaseModelNotFoundError
-from .introspect import auto_class, is_quantized, trainable_state
+from .introspect import auto_class, has_head, is_quantized, trainable_state
 from .safe_write import CONFIG_NAME, OverwriteRefusedError, atomic_directory, clean_stale_temporaries
 from .strategies import REGISTRY, WrapInfo, wrap, wrap_info
 from .strategies.base import INFO_ATTR
@@ -79,7 +79,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         **info.to_dict(),
         "base_model_source": base_source.describe(info.base_model),
         "quantization": _quantization(model),
-        "num_labels": getattr(config, "num_labels", None) if info.task in ("classification", "token-classification") else None,
+        "num_labels": getattr(config, "num_labels", None) if has_head(info.task) else None,
         "id2label": {str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()},
     }
     with atomic_directory(path, overwrite=overwrite) as tmp:
@@ -157,10 +157,11 @@ def _load_base(name: str, meta: dict[str, Any], checkpoint: Path, given: bool) -
             from .loading import load_model
 
             return load_model(name, task=meta["task"], labels=labels, quantization=meta["quantization"])[0]
-        kwargs = {}
+        from .tasks import task_class
+
+        kwargs = dict(task_class(meta["task"]).model_config)  # e.g. a multi-label head's problem_type
         if labels:
-            kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                      "label2id": {v: i for i, v in enumerate(labels)}}
+            kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
         return auto_class(meta["task"]).from_pretrained(name, **kwargs)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

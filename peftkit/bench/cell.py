@@ -52,22 +52,9 @@ def empty_row(suite: Suite, key: CellKey, task: TaskSpec) -> dict[str, Any]:
 
 
 def evaluate_test(model, tokenizer, task_obj, test, task: TaskSpec, batch_size: int, device: str) -> dict[str, float]:
-    """The task's metrics on ``test`` (generation + exact match for causal-lm)."""
-    if task.task == "causal-lm":
-        score = task_obj.exact_match(model, tokenizer, test, max_new_tokens=task.max_new_tokens, batch_size=batch_size)
-        return {"exact_match": score}
-    import numpy as np
-    from accelerate import Accelerator
-    from datasets import DatasetDict
-    from torch.utils.data import DataLoader
-
-    from ..training import evaluate
-
-    prepared = task_obj.prepare(DatasetDict(test=test), tokenizer, max_length=task.max_length)["test"]
-    lengths = [len(x) for x in prepared["input_ids"]]
-    prepared = prepared.select(np.argsort(lengths, kind="stable")[::-1].tolist())  # less padding
-    loader = DataLoader(prepared, batch_size=batch_size, collate_fn=task_obj.collator(tokenizer))
-    return evaluate(model, loader, task_obj, Accelerator(cpu=device == "cpu"))
+    """The task's test metrics, as the task scores a benchmark (`peftkit.tasks.Task.bench_score`)."""
+    return task_obj.bench_score(model, tokenizer, test, max_length=task.max_length, batch_size=batch_size, device=device,
+                                max_new_tokens=task.max_new_tokens)
 
 
 def score_and_save(model, tokenizer, task_obj, test, task: TaskSpec, budget: dict[str, Any], device: str,

@@ -46,14 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..static import constants
+from ..static import constants, task_catalog
 
-TASK_TYPES = ("classification", "token-classification", "causal-lm")
-METRICS = {
-    "classification": ("accuracy", "f1"),
-    "token-classification": ("f1", "precision", "recall", "accuracy"),
-    "causal-lm": ("exact_match",),
-}
+# The tasks a suite may name and the metrics each scores (first = default): the tasks' own
+# bench_metrics, read from peftkit/tasks without importing torch.
+METRICS = {name: tuple(attrs.get("bench_metrics", ())) for name, attrs in task_catalog().items() if attrs.get("bench_metrics")}
+TASK_TYPES = tuple(METRICS)
 QUANTIZATIONS = constants("loading")["QUANTIZATIONS"]  # defined in peftkit.loading (read without torch)
 DEVICES = ("cpu", "cuda", "auto")
 BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
@@ -65,7 +63,9 @@ _TOP_KEYS = {"name", "description", "model", "data_dir", "device", "seeds", "bud
 _MODEL_KEYS = {"path", "gguf_file", "hub_id"}
 _TASK_KEYS = {"name", "task", "hub_id", "data", "train", "test", "columns", "metric", "train_size", "train_sizes",
               "test_size", "max_length", "budget", "prompt_template", "max_new_tokens"}
-_COLUMN_KEYS = {"text_column", "label_column", "tokens_column", "tags_column", "prompt_column", "response_column"}
+# load_data's column names and options, over every task (text_column, text_pair_column, label_separator ...)
+_COLUMN_KEYS = {key for attrs in task_catalog().values()
+                for key in [*(f"{c}_column" for c in attrs.get("columns", {})), *attrs.get("options", {})]}
 _STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization"}
 _BASELINE_KEYS = {"task", "strategy"}
 _TARGET_KEYS = {"task", "reference", "max_gap", "tried"}
@@ -317,8 +317,8 @@ def _parse_task(raw: Any, where: str, data_dir: Path | None) -> TaskSpec:
     _check_keys(columns, _COLUMN_KEYS, f"{where}.columns")
     template = raw.get("prompt_template")
     if template is not None:
-        if kind != "causal-lm":
-            raise SuiteError(f"{where}.prompt_template: only causal-lm tasks take a prompt template.")
+        if "prompt" not in task_catalog()[kind].get("columns", {}):
+            raise SuiteError(f"{where}.prompt_template: only tasks with a prompt column (causal-lm) take a prompt template.")
         if "{text}" not in _typed(template, f"{where}.prompt_template", str):
             raise SuiteError(f"{where}.prompt_template: it must contain {{text}} (where the example's prompt goes).")
     return TaskSpec(

@@ -126,14 +126,26 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_batch_size
 
     # ------------------------------------------------------------------ helpers
 
-    def check_texts(texts: list[str], adapter: Adapter) -> None:
+    def check_texts(texts: list[Any], adapter: Adapter) -> list[Any]:
+        """The inputs as the adapter's task reads them (a 422 naming the first it cannot use)."""
+        from ..tasks import get_task
+
         if len(texts) > limits.max_inputs:
             raise HTTPException(422, f"{len(texts)} inputs in one request; the limit is {limits.max_inputs} (--max-inputs).")
+        task, parsed = get_task(adapter.task), []
         for i, text in enumerate(texts):
-            if len(text) > limits.max_text_chars:
-                raise HTTPException(422, f"Input {i} has {len(text)} characters; the limit is {limits.max_text_chars} (--max-text-chars).")
-            if adapter.task == "token-classification" and not text.split():
-                raise HTTPException(422, f"Input {i} has no words to label.")
+            try:
+                value = task.parse_input(text)
+            except ValueError as err:
+                raise HTTPException(422, f"Input {i}: {err}.") from None
+            size = task.input_size(value)
+            if size > limits.max_text_chars:
+                raise HTTPException(422, f"Input {i} has {size} characters; the limit is {limits.max_text_chars} (--max-text-chars).")
+            problem = task.check_input(value)
+            if problem:
+                raise HTTPException(422, f"Input {i} {problem}.")
+            parsed.append(value)
+        return parsed
 
     def check_tokens(value: int) -> int:
         if value > limits.max_new_tokens:
@@ -141,13 +153,16 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_batch_size
         return value
 
     def generative(name: str) -> Adapter:
+        from ..tasks import TASKS, get_task
+
         adapter = registry.get(name)
-        if adapter.task != "causal-lm":
-            raise HTTPException(422, f"Adapter {name!r} is a {adapter.task} adapter; completions need a causal-lm one (use /v1/predict).")
+        if not get_task(adapter.task).generative:
+            kinds = " or ".join(n for n, cls in TASKS.items() if cls.generative)
+            raise HTTPException(422, f"Adapter {name!r} is a {adapter.task} adapter; completions need a {kinds} one (use /v1/predict).")
         return adapter
 
     async def run(request: Request, adapter: Adapter, texts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
-        check_texts(texts, adapter)
+        texts = check_texts(texts, adapter)
         request.state.adapter, request.state.inputs = adapter.name, len(texts)
         rows, batch = await batcher.submit(adapter, texts, max_new_tokens)
         request.state.batch = batch
@@ -156,7 +171,9 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_batch_size
     def completion_usage(adapter: Adapter, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, int], str]:
         from ..tasks import get_task
 
-        prompt_tokens = len(get_task("causal-lm").prompt_ids(adapter.tokenizer, prompt))
+        task = get_task(adapter.task)
+        prompt_ids = task.prompt_ids(adapter.tokenizer, prompt) if hasattr(task, "prompt_ids") else adapter.tokenizer(prompt)["input_ids"]
+        prompt_tokens = len(prompt_ids)
         completion_tokens = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         return usage, "length" if completion_tokens >= max_tokens else "stop"

@@ -129,9 +129,11 @@ class Batcher:
 
     def _run(self, batch: list[Job]) -> list[Any]:
         """Results (or exceptions) for the jobs of ``batch``, in order."""
+        from ..tasks import task_class
+
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
-            generative = job.adapter.task == "causal-lm"
+            generative = task_class(job.adapter.task).generative
             groups.setdefault((job.adapter.group_key(), job.max_new_tokens if generative else 0), []).append(i)
         outcomes: list[Any] = [None] * len(batch)
         for indices in groups.values():
@@ -154,6 +156,7 @@ class Batcher:
 
     def _forward(self, jobs: list[Job]) -> list[Any]:
         from ..prediction import predict_texts
+        from ..tasks import task_class
 
         first = jobs[0].adapter
         texts = [t for j in jobs for t in j.texts]
@@ -164,7 +167,7 @@ class Batcher:
             first.model.set_adapter(first.name)
         # One pass for generation and for a mixed-adapter batch (PEFT's per-sample selection costs a
         # loop over the batch's adapters in every LoRA layer, per pass); length-sorted passes otherwise.
-        size = len(texts) if first.task == "causal-lm" or adapter_names is not None else FORWARD_BATCH
+        size = len(texts) if task_class(first.task).generative or adapter_names is not None else FORWARD_BATCH
         rows = predict_texts(first.model, first.tokenizer, first.task, texts, labels=labels, adapter_names=adapter_names,
                              batch_size=max(size, 1), max_new_tokens=jobs[0].max_new_tokens)
         results, start = [], 0

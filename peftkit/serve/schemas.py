@@ -12,8 +12,11 @@ class _Body(BaseModel):
 
 
 class PredictRequest(_Body):
+    """``inputs``: texts; for a sentence-pair classifier also pairs, ``[a, b]`` or ``{"text": a, "text_pair": b}``
+    (the adapter's task reads them: `peftkit.tasks.Task.parse_input`)."""
+
     adapter: str
-    inputs: list[str] = Field(min_length=1)
+    inputs: list[str | list[str] | dict[str, str]] = Field(min_length=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
 
 

@@ -112,7 +112,7 @@ def wrap(model: nn.Module, strategy: str | PeftConfig, task: str | None = None, 
     else:
         spec = get_strategy(strategy)
         resolved = spec.resolve_options(options)
-        if task not in spec.tasks:
+        if spec.tasks is not None and task not in spec.tasks:
             raise ValueError(f"Strategy {spec.name!r} does not support task {task!r}.")
         wrapped = spec.apply(model, task, **resolved)
         info = WrapInfo(spec.name, resolved, task, base, spec.checkpoint_format)

@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..introspect import TASKS
 from .options import Rule, check
 
 INFO_ATTR = "peftkit_info"
@@ -61,7 +60,7 @@ class Strategy:
     plan_rank: ClassVar[int] = 100  # the planner's order when no benchmark results rank it: lower first
     mergeable: ClassVar[bool] = False
     merge_refusal: ClassVar[str] = ""
-    tasks: ClassVar[tuple[str, ...]] = TASKS
+    tasks: ClassVar[tuple[str, ...] | None] = None  # the tasks it supports; None: every registered task
     default_lr: ClassVar[float] = 1e-3
     summary: ClassVar[str] = ""
 

@@ -63,8 +63,12 @@ class ClassificationTask(Task):
     def text_columns(self, columns: dict[str, str | None]) -> dict[str, str]:
         return {canon: columns[canon] for canon in ("text", "text_pair") if columns.get(canon) is not None}
 
+    def label_source(self, raw, origin, column: str, options) -> dict[str, Any]:
+        """The raw splits with their label column as `encode_labels` reads it (here: as given)."""
+        return raw
+
     def canonicalize(self, raw, origin, columns, options):
-        from datasets import ClassLabel, Features, Value
+        from datasets import ClassLabel, Features, Sequence, Value
 
         from ..data import canonical_columns, check_text, drop_blank_rows, encode_labels
 
@@ -72,10 +76,12 @@ class ClassificationTask(Task):
         for split, ds in raw.items():
             for canon, column in texts.items():
                 check_text(ds, column, canon.replace("_", " "), f"{canon}_column", origin[split])
-        encoded, names = encode_labels(raw, origin, columns["label"], nested=False)
-        features = Features({**{canon: Value("string") for canon in texts}, "label": ClassLabel(names=names)})
+        labelled = self.label_source(raw, origin, columns["label"], options)
+        encoded, names = encode_labels(labelled, origin, columns["label"], nested=self.nested_labels)
+        label = Sequence(ClassLabel(names=names)) if self.nested_labels else ClassLabel(names=names)
+        features = Features({**{canon: Value("string") for canon in texts}, "label": label})
         mapping = {**texts, "label": columns["label"]}
-        out = {s: canonical_columns(ds, mapping, features, ids, "label", False) for s, (ds, ids) in encoded.items()}
+        out = {s: canonical_columns(ds, mapping, features, ids, "label", self.nested_labels) for s, (ds, ids) in encoded.items()}
         return {s: drop_blank_rows(ds, texts, origin[s]) for s, ds in out.items()}
 
     # ------------------------------------------------------------------ training
@@ -84,9 +90,6 @@ class ClassificationTask(Task):
         """The tokenizer's encoding of texts (as pairs with ``pairs`` when given), truncated."""
         args = (texts,) if pairs is None else (texts, pairs)
         return tokenizer(*args, truncation=True if pairs is None else "longest_first", max_length=max_length, **kwargs)
-
-    def labels_of(self, batch) -> list:
-        return batch["label"]
 
     def prepare(self, data, tokenizer, max_length: int = 128):
         from ..data import check_classes, label_names
@@ -97,7 +100,7 @@ class ClassificationTask(Task):
 
         def encode(batch):
             enc = self.encode_texts(tokenizer, batch["text"], batch.get("text_pair"), max_length)
-            return {**enc, "labels": self.labels_of(batch)}
+            return {**enc, "labels": batch["label"]}
 
         return tokenized(data, encode, "peftkit: tokenizing")
 
@@ -138,15 +141,18 @@ class ClassificationTask(Task):
             return {"text": value["text"], "text_pair": value["text_pair"]}
         return super().parse_input(value)
 
+    def encode_inputs(self, tokenizer, inputs: list[Any]):
+        """Padded tensors for parsed inputs: texts, or pairs when any input is one."""
+        pairs = any(isinstance(x, dict) for x in inputs)
+        texts = [x["text"] if isinstance(x, dict) else x for x in inputs]
+        seconds = [(x.get("text_pair") or "") if isinstance(x, dict) else "" for x in inputs] if pairs else None
+        return self.encode_texts(tokenizer, texts, seconds, None, padding=True, return_tensors="pt")
+
     def predict_batch(self, model, tokenizer, inputs: list[Any], names: list[list[str]],
                       adapter_names: list[str] | None) -> list[dict[str, Any]]:
         """Predictions for one batch of parsed inputs (texts, or pairs when any input is one);
         ``names[j]`` names input j's classes."""
-        pairs = any(isinstance(x, dict) for x in inputs)
-        texts = [x["text"] if isinstance(x, dict) else x for x in inputs]
-        seconds = [(x.get("text_pair") or "") if isinstance(x, dict) else "" for x in inputs] if pairs else None
-        enc = self.encode_texts(tokenizer, texts, seconds, None, padding=True, return_tensors="pt")
-        probs = forward(model, enc, adapter_names).softmax(-1)
+        probs = forward(model, self.encode_inputs(tokenizer, inputs), adapter_names).softmax(-1)
         out = []
         for row, row_names in zip(probs, names, strict=True):
             name, k = label_namer(row_names), int(row.argmax())

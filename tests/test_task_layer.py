@@ -1,0 +1,253 @@
+"""The task layer (issue 17): a task registered from outside peftkit works end to end; sentence
+pairs; multi-label classification."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Features, Value
+from helpers_data import load_minilm_tokenizer, write_csv
+
+from peftkit.data import DataError, label_names, load_data
+from peftkit.prediction import predict_texts
+from peftkit.tasks import TASKS, PadCollator, Task, get_task
+from peftkit.tasks.base import model_inputs, pad_token_id, tokenized
+from peftkit.tasks.multi_label import MultiHotCollator, multilabel_scores
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_minilm_tokenizer()
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_bert(task: str, vocab_size: int, **config):
+    """A 1-layer, 32-wide BERT for ``task`` (its Auto class and config keys come from the task)."""
+    from transformers import BertConfig
+
+    from peftkit.introspect import auto_class
+    from peftkit.tasks import task_class
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, **task_class(task).model_config, **config)
+    return auto_class(task).from_config(cfg)
+
+
+def train_briefly(model, tokenizer, data, task, tmp_path, steps: int = 4):
+    import peftkit
+    from peftkit.training import TrainConfig
+
+    model = peftkit.wrap(model, "lora", task=task if isinstance(task, str) else task.name)
+    config = TrainConfig(output_dir=str(tmp_path / "out"), max_steps=steps, batch_size=8, lr=5e-3, log_every=1,
+                         progress=False, eval_steps=steps, save_total_limit=1, sample_generations=0, max_length=32)
+    return peftkit.train(model, tokenizer, data, config, task=task), model
+
+
+# --------------------------------------------------------------------------- a task from outside peftkit
+
+
+class ToyRegressionTask(Task):
+    """Text → a number (mean squared error): a task peftkit does not ship, defined in this file only."""
+
+    name = "toy-regression"
+    main_metric = "mse"
+    greater_is_better = False
+    auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    model_config = {"num_labels": 1, "problem_type": "regression"}
+    columns = {"text": "text", "score": "score"}
+    bench_metrics = ("mse",)
+
+    def canonicalize(self, raw, origin, columns, options):
+        features = Features({"text": Value("string"), "score": Value("float32")})
+        return {s: ds.map(lambda row: {"text": row[columns["text"]], "score": float(row[columns["score"]])},
+                          remove_columns=ds.column_names, features=features) for s, ds in raw.items()}
+
+    def prepare(self, data, tokenizer, max_length=128):
+        return tokenized(data, lambda b: {**tokenizer(b["text"], truncation=True, max_length=max_length), "labels": b["score"]},
+                         "toy: tokenizing")
+
+    def collator(self, tokenizer):
+        pad = PadCollator(pad_token_id(tokenizer))
+
+        def collate(rows):
+            labels = torch.tensor([r["labels"] for r in rows], dtype=torch.float32)
+            return {**pad([{k: v for k, v in r.items() if k != "labels"} for r in rows]), "labels": labels}
+
+        return collate
+
+    def eval_step(self, model, batch):
+        predicted = model(**model_inputs(model, batch)).logits.float().squeeze(-1)
+        return {"squared_error": (predicted - batch["labels"].to(predicted.device)) ** 2}
+
+    def compute_metrics(self, gathered):
+        return {"mse": float(np.mean(gathered["squared_error"]))}
+
+    def predict(self, model, tokenizer, inputs, **_):
+        enc = tokenizer(list(inputs), padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return [{"score": float(v)} for v in model(**enc).logits.float().squeeze(-1)]
+
+
+@pytest.fixture
+def toy_task():
+    """The toy task, registered (as the class did when this module was imported) for one test only."""
+    TASKS[ToyRegressionTask.name] = ToyRegressionTask
+    yield ToyRegressionTask
+    TASKS.pop(ToyRegressionTask.name, None)
+
+
+@pytest.mark.slow
+def test_a_task_registered_outside_peftkit_loads_trains_evaluates_and_predicts(tokenizer, tmp_path, one_thread, toy_task):
+    from peftkit.introspect import check_task
+
+    assert TASKS["toy-regression"] is ToyRegressionTask and check_task("toy-regression") == "toy-regression"
+    rows = [{"sentence": f"{'good ' * (i % 4)}item {i}", "target": float(i % 4)} for i in range(40)]
+    write_csv(tmp_path / "train.csv", rows)
+    data = load_data(None, "toy-regression", train=tmp_path / "train.csv", text_column="sentence", score_column="target")
+    assert data["train"].column_names == ["text", "score"] and len(data["validation"]) == 4
+    assert label_names(data, "toy-regression") is None
+    model = tiny_bert("toy-regression", tokenizer.vocab_size)
+    result, model = train_briefly(model, tokenizer, data, "toy-regression", tmp_path)
+    assert set(result.metrics) >= {"mse"} and np.isfinite(result.metrics["mse"])
+    out = predict_texts(model.eval(), tokenizer, "toy-regression", ["good good item", "item"])
+    assert [set(r) for r in out] == [{"score"}, {"score"}]
+
+
+def test_load_options_follow_the_task(tmp_path):
+    rows = [{"text": f"t{i}", "label": "ab"[i % 2], "other": "x"} for i in range(10)]
+    write_csv(tmp_path / "train.csv", rows)
+    # Another task's option at its default is ignored (the CLI passes them all); set, it is refused.
+    load_data(None, "classification", train=tmp_path / "train.csv", tags_column="tags", prompt_column="prompt")
+    with pytest.raises(DataError, match="tags_column='other' applies to the token-classification task"):
+        load_data(None, "classification", train=tmp_path / "train.csv", tags_column="other")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour_column'.*text_column, text_pair_column"):
+        load_data(None, "classification", train=tmp_path / "train.csv", colour_column="x")
+
+
+# --------------------------------------------------------------------------- sentence pairs
+
+
+def pair_rows(n: int):
+    return [{"q1": f"how do i {w} my card", "q2": f"{w} card please", "same": ["no", "yes"][i % 2]}
+            for i, w in zip(range(n), ["top up", "freeze", "cancel", "activate"] * n, strict=False)]
+
+
+def test_pairs_load_and_tokenize_as_pairs(tokenizer, tmp_path):
+    write_csv(tmp_path / "train.csv", pair_rows(20))
+    data = load_data(None, "classification", train=tmp_path / "train.csv", text_column="q1", text_pair_column="q2",
+                     label_column="same")
+    assert data["train"].column_names == ["text", "text_pair", "label"]
+    prepared = get_task("classification").prepare(data, tokenizer, max_length=32)["train"]
+    row = prepared[0]
+    # [CLS] a [SEP] b [SEP]: the second segment is typed 1, and both texts are there
+    assert row["input_ids"].count(tokenizer.sep_token_id) == 2 and set(row["token_type_ids"]) == {0, 1}
+    decoded = tokenizer.decode(row["input_ids"], skip_special_tokens=True)
+    assert data["train"][0]["text"] in decoded and data["train"][0]["text_pair"] in decoded
+    with pytest.raises(DataError, match="no text pair column 'nope'.*text_pair_column="):
+        load_data(None, "classification", train=tmp_path / "train.csv", text_column="q1", text_pair_column="nope",
+                  label_column="same")
+
+
+def test_pair_predictions_match_the_training_layout(tokenizer):
+    model = tiny_bert("classification", tokenizer.vocab_size, num_labels=2).eval()
+    task = get_task("classification")
+    assert task.parse_input(["a", "b"]) == task.parse_input({"text": "a", "text_pair": "b"}) == {"text": "a", "text_pair": "b"}
+    assert task.parse_input({"text": "a"}) == "a"
+    with pytest.raises(ValueError, match="list of two strings"):
+        task.parse_input(["a", "b", "c"])
+    rows = predict_texts(model, tokenizer, "classification", [["how do i freeze it", "freeze card"], "plain text"])
+    enc = tokenizer("how do i freeze it", "freeze card", return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**enc).logits.softmax(-1)[0]
+    assert rows[0]["scores"]["LABEL_1"] == pytest.approx(float(expected[1]), abs=1e-5)
+    assert set(rows[1]) == {"label", "score", "scores"}
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def test_multilabel_scores_by_hand():
+    pred = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    true = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]])
+    scores = multilabel_scores(pred, true)
+    # pooled: tp=2, fp=1, fn=1 -> 4/6; label 0: F1 1, label 1: tp 0 -> 0, label 2 never seen (left out)
+    assert scores == pytest.approx({"micro_f1": 4 / 6, "macro_f1": 0.5, "subset_accuracy": 1 / 3})
+
+
+def multilabel_files(tmp_path):
+    labels = [["card"], ["card", "refund"], ["refund"], [], ["card", "fees"], ["fees"]] * 4
+    rows = [{"text": f"message {i} " + " ".join(ls), "labels": ls} for i, ls in enumerate(labels)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_csv(tmp_path / "train.csv", [{"text": r["text"], "labels": "|".join(r["labels"])} for r in rows])
+    return rows
+
+
+def test_multilabel_loads_lists_and_delimited_strings(tmp_path):
+    rows = multilabel_files(tmp_path)
+    listed = load_data(None, "multi-label-classification", train=tmp_path / "train.jsonl", validation=tmp_path / "train.jsonl",
+                       label_column="labels")
+    split = load_data(None, "multi-label-classification", train=tmp_path / "train.csv", validation=tmp_path / "train.csv",
+                      label_column="labels", label_separator="|")
+    assert label_names(listed, "multi-label-classification") == label_names(split, "multi-label-classification") == ["card", "fees", "refund"]
+    assert listed["train"]["label"] == split["train"]["label"]
+    assert listed["train"][1]["label"] == [0, 2] and listed["train"][3]["label"] == []
+    assert len(listed["train"]) == len(rows)
+    with pytest.raises(DataError, match="holds strings: pass label_separator="):
+        load_data(None, "multi-label-classification", train=tmp_path / "train.csv", label_column="labels")
+
+
+def test_multilabel_collates_multi_hot_and_scores_with_a_sigmoid(tokenizer, tmp_path):
+    multilabel_files(tmp_path)
+    data = load_data(None, "multi-label-classification", train=tmp_path / "train.jsonl", validation=tmp_path / "train.jsonl",
+                     label_column="labels")
+    task = get_task("multi-label-classification")
+    prepared = task.prepare(data, tokenizer, max_length=16)["train"]
+    batch = task.collator(tokenizer)([prepared[i] for i in range(4)])
+    assert batch["labels"].dtype == torch.float32
+    assert batch["labels"].tolist() == [[1, 0, 0], [1, 0, 1], [0, 0, 1], [0, 0, 0]]
+    assert isinstance(task.collator(tokenizer), MultiHotCollator)
+    model = tiny_bert("multi-label-classification", tokenizer.vocab_size, num_labels=3).eval()
+    assert model.config.problem_type == "multi_label_classification"
+    with torch.no_grad():
+        out = task.eval_step(model, batch)
+    assert out["predictions"].shape == (4, 3) and set(out["predictions"].flatten().tolist()) <= {0, 1}
+    metrics = task.compute_metrics({k: v.numpy() for k, v in out.items()})
+    assert set(metrics) == {"micro_f1", "macro_f1", "subset_accuracy", "eval_loss"}
+    assert task.chance_loss(prepared) == pytest.approx(np.mean([-(p * np.log(p) + (1 - p) * np.log(1 - p)) for p in (0.5, 1 / 3, 1 / 3)]))
+
+
+def test_multilabel_predicts_the_labels_above_the_threshold(tokenizer):
+    model = tiny_bert("multi-label-classification", tokenizer.vocab_size, num_labels=3,
+                      id2label={0: "card", 1: "fees", 2: "refund"}, label2id={"card": 0, "fees": 1, "refund": 2}).eval()
+    with torch.no_grad():  # make the head say: card yes, fees no, refund yes
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([2.0, -2.0, 0.5]))
+    rows = predict_texts(model, tokenizer, "multi-label-classification", ["my card was charged twice"])
+    assert rows[0]["labels"] == ["card", "refund"] and rows[0]["scores"]["fees"] < 0.5
+    strict = get_task("multi-label-classification", threshold=0.7)
+    assert predict_texts(model, tokenizer, strict, ["x"])[0]["labels"] == ["card"]
+    from peftkit.introspect import infer_task
+
+    assert infer_task(model) == "multi-label-classification"
+
+
+@pytest.mark.slow
+def test_multilabel_trains_and_evaluates(tokenizer, tmp_path, one_thread):
+    multilabel_files(tmp_path)
+    data = load_data(None, "multi-label-classification", train=tmp_path / "train.jsonl", validation=tmp_path / "train.jsonl",
+                     label_column="labels")
+    model = tiny_bert("multi-label-classification", tokenizer.vocab_size, num_labels=3)
+    result, _ = train_briefly(model, tokenizer, data, "multi-label-classification", tmp_path)
+    assert {"micro_f1", "macro_f1", "eval_loss"} <= set(result.metrics)
