@@ -124,10 +124,10 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
     Defaults shown in the help are `TrainConfig`'s, read from its source (no torch import);
     ``defaults`` (TrainConfig field -> value) shows a recipe's own instead.
     """
-    from .static import constants, strategy_catalog, train_defaults
+    from .static import constants, strategy_catalog, task_catalog, train_defaults
 
     d = {**train_defaults(), **(defaults or {})}
-    tasks = " | ".join(constants("introspect")["TASKS"])
+    tasks = " | ".join(task_catalog())
     strategies = list(strategy_catalog())
     p.add_argument("--config", metavar="FILE", help="YAML file of options, keyed by these flags' long names with "
                    "underscores (batch_size: 32); flags given on the command line win over it (default: none)")
@@ -606,11 +606,11 @@ def _setup_ls(p: argparse.ArgumentParser) -> Callable:
 
 def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     """The ``peftkit plan`` arguments (choices read from peftkit's source: no torch to build them)."""
-    from .static import constants, strategy_catalog
+    from .static import constants, strategy_catalog, task_catalog
 
     memory, strategies = constants("planner.constants"), list(strategy_catalog())
     p.add_argument("model", help="hub id or local directory with config.json (only the config is read)")
-    p.add_argument("--task", default="classification", choices=constants("introspect")["TASKS"],
+    p.add_argument("--task", default="classification", choices=list(task_catalog()),
                    help="the task the model is trained for (default: classification)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="examples per step (default: 32)")
     p.add_argument("--seq-len", type=int, default=128, metavar="N", help="padded length of the longest batch (default: 128)")

@@ -1,9 +1,13 @@
 """Load a dataset for a peftkit task: a hub id, a directory, or files per split → ``DatasetDict``.
 
 ``load_data(source, task, ...)`` returns splits ``train``, ``validation`` and (when there is one)
-``test``, each holding only the task's canonical columns:
+``test``, each holding only the task's canonical columns; the task (`peftkit.tasks`) names them
+(``Task.columns``: ``<canonical>_column=`` names the source column) and builds them
+(``Task.canonicalize``). Here, the reading, the checks and helpers every task shares. The
+built-in tasks' columns:
 
-- classification: ``text`` (str), ``label`` (``ClassLabel``)
+- classification: ``text`` (str), optional ``text_pair`` (str), ``label`` (``ClassLabel``)
+- multi-label-classification: ``text`` (+ ``text_pair``), ``label`` (list[``ClassLabel``])
 - token-classification: ``tokens`` (list[str]), ``tags`` (list[``ClassLabel``])
 - causal-lm / seq2seq-lm: ``prompt``, ``response`` (str)
 

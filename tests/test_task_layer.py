@@ -251,3 +251,29 @@ def test_multilabel_trains_and_evaluates(tokenizer, tmp_path, one_thread):
     model = tiny_bert("multi-label-classification", tokenizer.vocab_size, num_labels=3)
     result, _ = train_briefly(model, tokenizer, data, "multi-label-classification", tmp_path)
     assert {"micro_f1", "macro_f1", "eval_loss"} <= set(result.metrics)
+
+
+# --------------------------------------------------------------------------- the banking77 paraphrase data
+
+
+def test_banking77_pairs_are_seeded_balanced_and_split_by_message(tmp_path):
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    from helpers_data import shared_data_dir
+
+    source = shared_data_dir() / "banking77"
+    spec = importlib.util.spec_from_file_location("make_pairs", Path(__file__).resolve().parents[1] / "benchmarks" / "make_banking77_pairs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    first = module.make_pairs(source, tmp_path / "a", seed=3, train_pairs=400, test_pairs=100)
+    again = module.make_pairs(source, tmp_path / "b", seed=3, train_pairs=400, test_pairs=100)
+    assert first["train"].read_text() == again["train"].read_text()
+    rows = {split: list(csv.DictReader(path.open())) for split, path in first.items()}
+    assert [len(rows["train"]), len(rows["test"])] == [400, 100]
+    assert sum(r["label"] == "same" for r in rows["train"]) == 200 and sum(r["label"] == "same" for r in rows["test"]) == 50
+    messages = {split: {module.key(r[c]) for r in rs for c in ("text", "text_pair")} for split, rs in rows.items()}
+    assert not messages["train"] & messages["test"]
+    data = load_data(None, "classification", train=first["train"], test=first["test"], text_pair_column="text_pair")
+    assert label_names(data, "classification") == ["different", "same"] and "text_pair" in data["test"].column_names

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..introspect import auto_class, full_precision_modules
+from ..introspect import auto_class, full_precision_modules, has_head
 from .structure import _bnb_kind
 
 # --------------------------------------------------------------------------- building the model
@@ -38,7 +38,7 @@ def load_config(model: Any, task: str, num_labels: int | None = None, **config_k
             config = AutoConfig.from_pretrained(name, **config_kwargs)
         except (OSError, ValueError) as err:
             raise _config_error(name, err) from err
-    if num_labels is not None and task in ("classification", "token-classification"):
+    if num_labels is not None and has_head(task):
         config.num_labels = num_labels
     return config
 

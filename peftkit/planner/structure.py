@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..introspect import attention_modules, transformer_blocks
+from ..tasks import task_class
 from .constants import DORA_SAVED, DORA_TEMPORARIES, KBIT_BIAS_TEMPORARIES, KBIT_TEMPORARIES, LORA_TEMPORARIES
 
 # --------------------------------------------------------------------------- reading the wrapped model
@@ -86,7 +87,7 @@ def read_structure(model: nn.Module, config, task: str, quantization: str | None
     """Read the shapes and what trains where off a wrapped meta model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = transformer_blocks(base)
-    s = _Structure(blocks=len(blocks), lm_head=task in ("causal-lm", "seq2seq-lm"))
+    s = _Structure(blocks=len(blocks), lm_head=task_class(task).generative)  # the loss is over the vocabulary
     s.hidden = _int(config, "hidden_size", "n_embd", "d_model", "dim")
     s.heads = _int(config, "num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads", default=1)
     s.vocab = _int(config, "vocab_size")

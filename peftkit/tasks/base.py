@@ -59,6 +59,7 @@ class Task:
     columns: ClassVar[dict[str, str]] = {}  # canonical column -> default source column name
     optional_columns: ClassVar[tuple[str, ...]] = ()  # canonical columns that may be left out (default None)
     options: ClassVar[dict[str, Any]] = {}  # other load_data keyword options -> default
+    option_help: ClassVar[dict[str, str]] = {}  # load_data kwarg -> its --help text (default: "the column holding ...")
     label_column: ClassVar[str | None] = None  # canonical column of class ids (ClassLabel), if any
     nested_labels: ClassVar[bool] = False  # label_column holds a list of ids per row
     stratify: ClassVar[bool] = False  # carve validation stratified by label_column

@@ -42,6 +42,7 @@ class ClassificationTask(Task):
     has_head = True
     columns = {"text": "text", "text_pair": "text_pair", "label": "label"}
     optional_columns = ("text_pair",)
+    option_help = {"text_pair_column": "the column holding each pair's second text (sentence pairs: NLI, paraphrase)"}
     label_column = "label"
     stratify = True
     bench_metrics = ("accuracy", "f1")
