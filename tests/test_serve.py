@@ -157,6 +157,16 @@ def test_predictions_equal_peftkit_predict(server, assets, name):
             assert got["generated"] == want["generated"]
 
 
+def test_sentence_pairs_are_served_as_peftkit_predict_scores_them(server, assets):
+    pairs = [["how do i top up", "adding money to my card"], {"text": "a lovely film", "text_pair": "great acting"}]
+    got = predict(server, "lora1", pairs)
+    want = reference(assets["lora1"], pairs)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert [round(g["score"], 4) for g in got] == [w["score"] for w in want]
+    alone = predict(server, "lora1", [pairs[0][0]])[0]
+    assert alone["scores"] != got[0]["scores"]  # the pair's second text counts
+
+
 def test_mixed_adapter_batches_equal_single_requests(server, caplog):
     jobs = [("lora1", [TEXTS[0], TEXTS[1]]), ("lora2", [TEXTS[2]]), ("bitfit", [TEXTS[3]]), ("lora2", TEXTS),
             ("lora1", [TEXTS[3]]), ("gen1", PROMPTS[:2]), ("gen2", PROMPTS), ("ner", WORDS)]
@@ -218,6 +228,9 @@ def test_openai_completions_use_the_adapter_named_by_model(server):
     ("post", "/v1/predict", {"adapter": "lora1", "inputs": ["x " * 2100]}, 413, "limit of 4096 bytes"),
     ("post", "/v1/predict", {"adapter": "gen1", "inputs": ["w1"], "max_new_tokens": 17}, 422, "limit is 16"),
     ("post", "/v1/predict", {"adapter": "ner", "inputs": ["   "]}, 422, "no words"),
+    ("post", "/v1/predict", {"adapter": "lora1", "inputs": [["a", "b", "c"]]}, 422, "Input 0: a sentence pair is a list of two"),
+    ("post", "/v1/predict", {"adapter": "lora1", "inputs": [{"text_pair": "b"}]}, 422, "needs a 'text' string"),
+    ("post", "/v1/predict", {"adapter": "lora1", "inputs": [["x" * 150, "y" * 51]]}, 422, "201 characters; the limit is 200"),
     ("post", "/v1/completions", {"model": "lora1", "prompt": "x"}, 422, "completions need a causal-lm"),
     ("post", "/v1/completions", {"model": "gen1", "prompt": "x", "stream": True}, 422, "stream"),
     ("post", "/v1/chat/completions", {"model": "gen1", "messages": [{"role": "user", "content": "a"}] * 2}, 422, "exactly one"),

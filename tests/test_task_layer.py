@@ -277,3 +277,57 @@ def test_banking77_pairs_are_seeded_balanced_and_split_by_message(tmp_path):
     assert not messages["train"] & messages["test"]
     data = load_data(None, "classification", train=first["train"], test=first["test"], text_pair_column="text_pair")
     assert label_names(data, "classification") == ["different", "same"] and "text_pair" in data["test"].column_names
+
+
+# --------------------------------------------------------------------------- the CLI asks the task
+
+
+def _checkpoint(tmp_path, task: str, labels) -> str:
+    from helpers_training import minilm_path, save_tiny_model
+
+    import peftkit
+    from peftkit.introspect import auto_class
+    from peftkit.tasks import task_class
+
+    if minilm_path() is None:
+        pytest.skip("the packaged MiniLM tokenizer is needed")
+    base = save_tiny_model(tmp_path / f"base-{task}", labels=labels, dropout=0.0)
+    model = auto_class(task).from_pretrained(base, **task_class(task).model_config)
+    out = tmp_path / f"ckpt-{task}"
+    peftkit.save(peftkit.wrap(model, "lora", task=task, r=4), out)
+    return str(out)
+
+
+def _cli_json(capsys, argv) -> list[dict]:
+    from peftkit.cli import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if argv[0] == "eval":  # one indented JSON object
+        return [json.loads(out[out.index("{") : out.rindex("}") + 1])]
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_cli_predicts_and_scores_sentence_pairs(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path, "classification", ("different", "same"))
+    rows = _cli_json(capsys, ["predict", ckpt, "--text", "how do i top up", "--text-pair", "add money", "--text", "hi",
+                              "--text-pair", "hello"])
+    assert [set(r) for r in rows] == [{"text", "text_pair", "label", "score"}] * 2 and rows[0]["text_pair"] == "add money"
+    write_csv(tmp_path / "pairs.csv", [{"q1": r["q1"], "q2": r["q2"], "same": ["different", "same"][i % 2]}
+                                       for i, r in enumerate(pair_rows(12))])
+    jsonl = _cli_json(capsys, ["predict", ckpt, "--file", str(tmp_path / "pairs.csv"), "--text-column", "q1",
+                               "--text-pair-column", "q2"])
+    assert len(jsonl) == 12 and jsonl[0]["text_pair"] == "top up card please"
+    metrics = _cli_json(capsys, ["eval", ckpt, "--test", str(tmp_path / "pairs.csv"), "--text-column", "q1",
+                                 "--text-pair-column", "q2", "--label-column", "same", "--batch-size", "4"])[0]
+    assert metrics["n_examples"] == 12 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_cli_predicts_and_scores_multi_label(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path, "multi-label-classification", ("card", "fees", "refund"))
+    rows = _cli_json(capsys, ["predict", ckpt, "--text", "my card was charged twice"])
+    assert set(rows[0]) == {"text", "labels"} and set(rows[0]["labels"]) <= {"card", "fees", "refund"}
+    multilabel_files(tmp_path)
+    metrics = _cli_json(capsys, ["eval", ckpt, "--test", str(tmp_path / "train.csv"), "--label-column", "labels",
+                                 "--label-separator", "|", "--batch-size", "8"])[0]
+    assert {"micro_f1", "macro_f1", "subset_accuracy", "n_examples"} <= set(metrics)
