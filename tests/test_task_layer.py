@@ -10,6 +10,7 @@ import pytest
 import torch
 from datasets import Features, Value
 from helpers_data import load_minilm_tokenizer, write_csv
+from test_tasks import one_thread  # noqa: F401 - a fixture
 
 from peftkit.data import DataError, label_names, load_data
 from peftkit.prediction import predict_texts
@@ -21,14 +22,6 @@ from peftkit.tasks.multi_label import MultiHotCollator, multilabel_scores
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_minilm_tokenizer()
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_bert(task: str, vocab_size: int, **config):
@@ -109,7 +102,8 @@ def toy_task():
 
 
 @pytest.mark.slow
-def test_a_task_registered_outside_peftkit_loads_trains_evaluates_and_predicts(tokenizer, tmp_path, one_thread, toy_task):
+@pytest.mark.usefixtures("one_thread")
+def test_a_task_registered_outside_peftkit_loads_trains_evaluates_and_predicts(tokenizer, tmp_path, toy_task):
     from peftkit.introspect import check_task
 
     assert TASKS["toy-regression"] is ToyRegressionTask and check_task("toy-regression") == "toy-regression"
@@ -244,7 +238,8 @@ def test_multilabel_predicts_the_labels_above_the_threshold(tokenizer):
 
 
 @pytest.mark.slow
-def test_multilabel_trains_and_evaluates(tokenizer, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_multilabel_trains_and_evaluates(tokenizer, tmp_path):
     multilabel_files(tmp_path)
     data = load_data(None, "multi-label-classification", train=tmp_path / "train.jsonl", validation=tmp_path / "train.jsonl",
                      label_column="labels")
