@@ -93,6 +93,9 @@ class ToyRegressionTask(Task):
             return [{"score": float(v)} for v in model(**enc).logits.float().squeeze(-1)]
 
 
+TASKS.pop(ToyRegressionTask.name)  # defining it registered it; the fixture below keeps it to the test that uses it
+
+
 @pytest.fixture
 def toy_task():
     """The toy task, registered (as the class did when this module was imported) for one test only."""
@@ -326,3 +329,20 @@ def test_cli_predicts_and_scores_multi_label(tmp_path, capsys):
     metrics = _cli_json(capsys, ["eval", ckpt, "--test", str(tmp_path / "train.csv"), "--label-column", "labels",
                                  "--label-separator", "|", "--batch-size", "8"])[0]
     assert {"micro_f1", "macro_f1", "subset_accuracy", "n_examples"} <= set(metrics)
+
+
+def test_the_cli_reads_the_same_tasks_as_the_registry():
+    """`peftkit --help` lists tasks and their data flags from peftkit/tasks' source (no torch): the
+    same names, columns and options as the imported registry; the bench suite's tasks too."""
+    from peftkit.bench.suite import METRICS
+    from peftkit.cli import load_option_catalog
+    from peftkit.data import all_load_options
+    from peftkit.static import task_catalog
+
+    built_in = {name: cls for name, cls in TASKS.items() if cls.__module__.startswith("peftkit.")}
+    catalog = task_catalog()
+    assert list(catalog) == list(built_in)
+    for name, cls in built_in.items():
+        assert (catalog[name].get("columns", {}), catalog[name].get("options", {})) == (cls.columns, cls.options)
+        assert METRICS.get(name, ()) == cls.bench_metrics
+    assert {k: v for k, (v, _) in load_option_catalog().items()} == all_load_options()
