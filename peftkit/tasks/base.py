@@ -21,6 +21,9 @@ A task is everything peftkit knows about one kind of problem; data loading, trai
 
 Tasks register themselves: a subclass with a ``name`` enters `REGISTRY` when its module is
 imported (`peftkit.tasks` imports every module in its folder), so adding a task is one file.
+``peftkit --help`` and the bench suite parser read ``name``, ``summary``, ``columns``,
+``optional_columns``, ``options``, ``option_help`` and ``bench_metrics`` from the source without
+importing torch (`peftkit.static.task_catalog`): keep them literals in the class body.
 """
 
 from __future__ import annotations
