@@ -9,7 +9,8 @@ built-in tasks' columns:
 - classification: ``text`` (str), optional ``text_pair`` (str), ``label`` (``ClassLabel``)
 - multi-label-classification: ``text`` (+ ``text_pair``), ``label`` (list[``ClassLabel``])
 - token-classification: ``tokens`` (list[str]), ``tags`` (list[``ClassLabel``])
-- causal-lm / seq2seq-lm: ``prompt``, ``response`` (str)
+- causal-lm / seq2seq-lm: ``prompt``, ``response`` (str); causal-lm also reads chat ``messages``,
+  Alpaca and ShareGPT files, held as one ``messages`` column (`peftkit.tasks.sft_formats`)
 
 Sources: a hub dataset id (``"stanfordnlp/sst2"``, ``"name:config"`` for a config), ``"demo"``
 (the intent dataset shipped in the package), a directory holding ``train.*``, ``dev.*`` or
@@ -677,7 +678,7 @@ def load_data(
     for split, ds in raw.items():
         if len(ds) == 0:
             raise DataError(f"The {split} split is empty: {origin[split]} holds no rows.")
-        for canon, column in columns.items():
+        for canon, column in columns.items() if task.needs_columns(ds, columns) else ():
             if column is not None:
                 _require_column(ds, column, canon.replace("_", " "), f"{canon}_column", origin[split])
     out = task.canonicalize(raw, origin, columns, task_options)

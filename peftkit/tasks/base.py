@@ -112,6 +112,11 @@ class Task:
         out = {s: canonical_columns(ds, used, features, None, None, False) for s, ds in raw.items()}
         return {s: drop_blank_rows(ds, used, origin[s]) for s, ds in out.items()}
 
+    def needs_columns(self, ds, columns: dict[str, str | None]) -> bool:
+        """Whether a raw split must hold ``columns`` (False where the task reads another layout
+        of data from it in ``canonicalize``, as causal-lm reads chat / Alpaca / ShareGPT files)."""
+        return True
+
     def drop_unusable(self, raw: dict[str, Any], origin: dict[str, str], columns: dict[str, str | None]) -> None:
         """Drop raw splits the task cannot use (e.g. hub test splits labelled -1), in place."""
 

@@ -1,10 +1,13 @@
-"""Causal-LM supervised fine-tuning: prompt → response, with the loss on the response only.
+"""Causal-LM supervised fine-tuning: prompt → response, or whole conversations (a "messages"
+column: chat, Alpaca and ShareGPT files, see `peftkit.tasks.sft_formats`), with the loss on the
+assistant's turns only.
 
 Text layout: with a chat template (``tokenizer.chat_template``), the prompt is the user message
-and the response the assistant message, and every token before the assistant's content is
+and the response the assistant message, and every token outside the assistant's content is
 masked (-100); the template's end-of-turn marker after the content is trained, so the model
-learns to stop. Without one: ``prompt + "\\n"`` (masked) then ``response + eos`` (trained).
-Generation builds its prompt the same way, so training and inference agree.
+learns to stop. Without one (peftkit's plain fallback layout): ``prompt + "\\n"`` (masked) then
+``response + eos`` (trained), turn after turn in a conversation. Generation builds its prompt
+the same way, so training and inference agree.
 
 Metrics: ``eval_loss`` (mean over response tokens) and ``perplexity``; ``exact_match`` scores
 greedy answers against the responses after stripping and casefolding.
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import IGNORE_INDEX, Task, align_logits, check_gathered, model_inputs, pad_token_id
+from .sft_formats import conversation_format, detect_format, to_messages
 
 
 def normalize_answer(text: str) -> str:
@@ -36,8 +40,25 @@ def exact_match_score(predictions: list[str], references: list[str]) -> float:
     return sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
+def _label_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(input_ids of ``text``, labels: the token where it starts inside a span, else -100)."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        inside = [any(a <= begin < b for a, b in spans) for begin, _ in enc["offset_mapping"]]
+        return ids, [t if keep else IGNORE_INDEX for t, keep in zip(ids, inside, strict=True)]
+    ids, labels, at = [], [], 0  # slow tokenizers: tokenize the pieces between span edges
+    for a, b in [*spans, (len(text), len(text))]:
+        for piece, trained in ((text[at:a], False), (text[a:b], True)):
+            piece_ids = list(tokenizer(piece, add_special_tokens=False)["input_ids"]) if piece else []
+            ids, labels = ids + piece_ids, labels + (piece_ids if trained else [IGNORE_INDEX] * len(piece_ids))
+        at = b
+    return ids, labels
+
+
 class CausalLMTask(Task):
-    """Columns "prompt" and "response" → input_ids/attention_mask + labels (-100 on the prompt).
+    """Columns "prompt" and "response", or "messages" → input_ids/attention_mask + labels (-100 but
+    on the answers).
 
     ``use_chat_template``: None (default) uses the tokenizer's chat template when it has one."""
 
@@ -60,6 +81,19 @@ class CausalLMTask(Task):
         return super().claims(model_class_name, config) or (
             model_class_name.endswith("ForConditionalGeneration") and not getattr(config, "is_encoder_decoder", False))
 
+    # ------------------------------------------------------------------ data formats
+
+    def needs_columns(self, ds, columns):
+        """Prompt/response columns are needed unless the file is in a conversation format."""
+        return detect_format(ds.column_names, columns["prompt"], columns["response"]) == "prompt/response"
+
+    def canonicalize(self, raw, origin, columns, options):
+        """Prompt/response files as they are; chat, Alpaca and ShareGPT files as one "messages" column."""
+        name = conversation_format(raw, origin, columns["prompt"], columns["response"])
+        if name is None:
+            return super().canonicalize(raw, origin, columns, options)
+        return {split: to_messages(ds, name, origin[split]) for split, ds in raw.items()}
+
     # ------------------------------------------------------------------ text layout
 
     def uses_chat_template(self, tokenizer) -> bool:
@@ -69,20 +103,31 @@ class CausalLMTask(Task):
         return has if self.use_chat_template is None else self.use_chat_template
 
     @staticmethod
-    def _chat_texts(tokenizer, prompt: str, response: str) -> tuple[str, int]:
-        """(the whole conversation as text, offset where the assistant's content starts)."""
-        user = [{"role": "user", "content": prompt}]
-        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": response}], tokenize=False)
-        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        if full.startswith(head):
-            return full, len(head)
-        start = full.rfind(response) if response else -1
-        if start < 0:
-            raise ValueError(
-                "Cannot find where the assistant's answer starts in the chat template's output; pass "
-                "use_chat_template=False to get_task('causal-lm', ...) for the plain prompt/response layout."
-            )
-        return full, start
+    def _chat_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """(the conversation as the chat template writes it, the [start, end) character spans to
+        train: each assistant turn's content and the end-of-turn marker the template puts after it)."""
+
+        def render(turns, prompt=False):
+            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=prompt)
+
+        full = render(messages)
+        spans, cursor = [], 0
+        for i, message in enumerate(messages):
+            found = full.find(message["content"], cursor) if message["content"] else cursor
+            if found < 0:
+                raise ValueError(
+                    f"Cannot find a {message['role']} turn's text in the chat template's output; pass "
+                    "use_chat_template=False to get_task('causal-lm', ...) for peftkit's plain layout."
+                )
+            cursor = found + len(message["content"])
+            if message["role"] != "assistant":
+                continue
+            head, upto = (render(messages[:i], True), render(messages[: i + 1])) if i else ("", None)
+            if upto is not None and upto.startswith(head) and full.startswith(upto) and len(head) <= found:
+                spans.append((len(head), len(upto)))  # the template renders turn by turn
+            else:  # the content itself (to the end for the last turn)
+                spans.append((found, len(full) if i == len(messages) - 1 else cursor))
+        return full, spans
 
     def _plain_prompt_ids(self, tokenizer, prompt: str) -> list[int]:
         ids = list(tokenizer(prompt + "\n")["input_ids"])
@@ -100,22 +145,28 @@ class CausalLMTask(Task):
 
     def encode(self, tokenizer, prompt: str, response: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
         """(input_ids, labels) for one example; labels are -100 up to the response."""
+        return self.encode_messages(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], max_length)
+
+    def encode_messages(self, tokenizer, messages: list[dict[str, str]], max_length: int | None = None) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) for a conversation; labels are -100 everywhere but the assistant turns.
+
+        Without a chat template (peftkit's plain layout): each other turn's text and a newline
+        (masked), each assistant turn's text and eos (trained); one user turn then one assistant
+        turn is exactly the prompt/response layout."""
         if self.uses_chat_template(tokenizer):
-            full, start = self._chat_texts(tokenizer, prompt, response)
-            if getattr(tokenizer, "is_fast", False):
-                enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-                ids = list(enc["input_ids"])
-                labels = [t if begin >= start else IGNORE_INDEX for t, (begin, _) in zip(ids, enc["offset_mapping"], strict=True)]
-            else:
-                n_head = len(tokenizer(full[:start], add_special_tokens=False)["input_ids"])
-                ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
-                labels = [IGNORE_INDEX] * n_head + ids[n_head:]
+            full, spans = self._chat_spans(tokenizer, messages)
+            ids, labels = _label_spans(tokenizer, full, spans)
         else:
-            head = self._plain_prompt_ids(tokenizer, prompt)
-            answer = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-            if tokenizer.eos_token_id is not None:
-                answer.append(tokenizer.eos_token_id)
-            ids, labels = head + answer, [IGNORE_INDEX] * len(head) + answer
+            ids, labels = [], []
+            for message in messages:
+                if message["role"] == "assistant":
+                    piece = list(tokenizer(message["content"], add_special_tokens=False)["input_ids"])
+                    piece += [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+                    ids, labels = ids + piece, labels + piece
+                else:
+                    text = message["content"]
+                    piece = list(tokenizer(text + "\n", add_special_tokens=False)["input_ids"]) if ids else self._plain_prompt_ids(tokenizer, text)
+                    ids, labels = ids + piece, labels + [IGNORE_INDEX] * len(piece)
         if max_length is not None:
             ids, labels = ids[:max_length], labels[:max_length]
         return ids, labels
@@ -124,7 +175,8 @@ class CausalLMTask(Task):
         """Token ids that end an answer: eos, and the chat template's end-of-turn special token."""
         ids = {tokenizer.eos_token_id} - {None}
         if self.uses_chat_template(tokenizer) and getattr(tokenizer, "is_fast", False):
-            full, start = self._chat_texts(tokenizer, "hi", "ok")
+            full, spans = self._chat_spans(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}])
+            start = spans[0][0]
             enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
             special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
             after = [t for t, (begin, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if begin >= start + 2]
@@ -138,7 +190,10 @@ class CausalLMTask(Task):
         from datasets import DatasetDict
 
         def encode(batch):
-            rows = [self.encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt"], batch["response"], strict=True)]
+            if "messages" in batch:  # chat, Alpaca and ShareGPT data (`sft_formats`)
+                rows = [self.encode_messages(tokenizer, m, max_length) for m in batch["messages"]]
+            else:
+                rows = [self.encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt"], batch["response"], strict=True)]
             return {
                 "input_ids": [ids for ids, _ in rows],
                 "attention_mask": [[1] * len(ids) for ids, _ in rows],
