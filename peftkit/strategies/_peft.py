@@ -71,10 +71,25 @@ def apply_peft(model: nn.Module, config: PeftConfig, method: str, probe: bool = 
     return wrapped
 
 
+def probe_token_ids(model: nn.Module, length: int) -> torch.Tensor:
+    """``(1, length)`` token ids every embedding row of ``model`` can look up, ending with its eos.
+
+    Read off the input embeddings, not the config: a config's ``eos_token_id`` (GPT-2's 50256) may
+    lie outside a small vocabulary. The last id is eos where it fits (BART's classification head
+    reads the eos position); the others are fixed draws over the vocabulary, in the model's device.
+    """
+    embeddings = model.get_input_embeddings()
+    vocab = embeddings.num_embeddings
+    ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+    config = getattr(model, "config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int) and 0 <= eos < vocab:
+        ids[:, -1] = eos
+    return ids.to(embeddings.weight.device)
+
+
 def _probe_forward(model: nn.Module, peft_task: str) -> None:
-    config = model.get_base_model().config
-    token = next(t for t in (config.eos_token_id, config.bos_token_id, 1) if isinstance(t, int))
-    ids = torch.full((1, 2), token, dtype=torch.long, device=model.device)
+    ids = probe_token_ids(model.get_base_model(), 2)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if peft_task == "SEQ_2_SEQ_LM":
         batch["labels"] = ids
