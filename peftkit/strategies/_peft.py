@@ -43,9 +43,10 @@ _PEFT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, Not
 def _cannot_apply(model: nn.Module, method: str, err: Exception) -> ValueError:
     arch = type(model).__name__
     model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    others = "'prefix', 'lora' or 'ia3'" if method == "prompt tuning" else "'lora' or 'ia3'"
     return ValueError(
         f"PEFT cannot apply {method} to {arch} (model_type {model_type!r}): {str(err).rstrip('.')}. "
-        "Try strategy 'lora' or 'ia3' on this architecture."
+        f"Try strategy {others} on this architecture."
     )
 
 
@@ -63,12 +64,20 @@ def apply_peft(model: nn.Module, config: PeftConfig, method: str, probe: bool = 
             wrapped = get_peft_model(model, config)
     except _PEFT_ERRORS as err:
         raise _cannot_apply(model, method, err) from err
-    if probe and not any(p.is_meta for p in model.parameters()):
-        try:
-            _probe_forward(wrapped, config.task_type)
-        except _PEFT_ERRORS as err:
-            raise _cannot_apply(model, method, err) from err
+    if probe:
+        check_forward(wrapped, method)
     return wrapped
+
+
+def check_forward(wrapped: nn.Module, method: str) -> None:
+    """A two-token forward pass of a PEFT model (skipped on the meta device), PEFT's errors named."""
+    base = wrapped.get_base_model()
+    if any(p.is_meta for p in base.parameters()):
+        return
+    try:
+        _probe_forward(wrapped, wrapped.active_peft_config.task_type)
+    except _PEFT_ERRORS as err:
+        raise _cannot_apply(base, method, err) from err
 
 
 def probe_token_ids(model: nn.Module, length: int) -> torch.Tensor:
