@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel, PrefixTuningConfig
 from torch import nn
 
-from ..introspect import backbone, head_module_names, position_limit, trainable_state
+from ..introspect import backbone, head_module_names, is_quantized, position_limit, trainable_state
 from . import native_prefix
 from ._peft import apply_peft, heads_to_save, probe_token_ids, prompt_learning_dims, task_type
 from .base import Strategy, freeze, unfreeze_heads
@@ -69,7 +69,7 @@ class PrefixTuning(Strategy):
     def _apply_native(self, model: nn.Module, o: dict[str, Any]) -> nn.Module:
         n = o["num_virtual_tokens"]
         native_prefix.route_attention(model)
-        states = native_prefix.self_attention_states(model, _probe_batch(model, n), through=backbone(model))
+        states = _self_attention_states(model, n)
         freeze(model)
         native_prefix.add_prefixes(model, states, n, o["prefix_projection"])
         heads = (
@@ -93,6 +93,20 @@ class PrefixTuning(Strategy):
             if not n.startswith(native_prefix.ENCODER_ATTR + ".")
         }
         return {**state, **native_prefix.saved_prefix_state(model)}, {**options, "prefix_projection": False}
+
+
+def _self_attention_states(model: nn.Module, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`native_prefix.self_attention_states` of a probe through the backbone. A quantized model on the
+    meta device (the planner's) cannot run its quantized layers: an unquantized twin of it is probed
+    instead (quantization changes no attention shape)."""
+    try:
+        return native_prefix.self_attention_states(model, _probe_batch(model, n), through=backbone(model))
+    except Exception:  # bitsandbytes raises several kinds on meta tensors
+        if not (is_quantized(model) and any(p.is_meta for p in model.parameters())):
+            raise
+    with torch.device("meta"):
+        twin = type(model)(model.config)
+    return native_prefix.self_attention_states(twin, _probe_batch(twin, n), through=backbone(twin))
 
 
 def _probe_batch(model: nn.Module, n: int) -> dict[str, torch.Tensor]:
