@@ -158,6 +158,30 @@ def test_prompt_token_classification_loss_covers_the_input_only():
     torch.testing.assert_close(out.loss, expected)
 
 
+def check_padding_is_hidden(wrapped, task: str) -> dict[str, torch.Tensor]:
+    """The first row, right-padded after 5 tokens, gives the logits it gives alone; returns the padded batch."""
+    padded = {k: v.clone() for k, v in make_inputs(task).items() if k != "labels"}
+    padded["input_ids"][0, 5:] = 0
+    padded["attention_mask"][0, 5:] = 0
+    alone = {k: v[:1, :5] for k, v in padded.items()}
+    with torch.no_grad():
+        row = wrapped(**padded).logits[:1]
+        single = wrapped(**alone).logits
+    torch.testing.assert_close(
+        row[:, :5] if task == "token-classification" else row, single, rtol=1e-4, atol=1e-5
+    )
+    return padded
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prompt_tuned_decoder_classifier_reads_the_last_real_token(arch):
+    """Given inputs_embeds, GPT-2/Llama classifiers pool the last position, padding in a right-padded
+    batch; prompt tuning makes them pool the last attended one again."""
+    wrapped = peftkit.wrap(build_tiny(arch, "classification"), "prompt").eval()
+    perturb_trainable(wrapped)
+    check_padding_is_hidden(wrapped, "classification")
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "t5"])
 def test_prefix_mask_hides_padding_and_shows_the_prefix(arch):
     """A padded row gives the logits it gives alone (the widened mask still hides the padding), and
@@ -166,17 +190,7 @@ def test_prefix_mask_hides_padding_and_shows_the_prefix(arch):
     model = extra_model(arch, task) if arch in EXTRA and arch != "gpt2" else build_tiny(arch, task)
     wrapped = peftkit.wrap(model, "prefix").eval()
     perturb_trainable(wrapped)
-    batch = make_inputs(task)
-    alone = {k: v[:1, :5] if k != "labels" else v[:1] for k, v in batch.items() if k != "labels"}
-    padded = {k: v.clone() for k, v in batch.items() if k != "labels"}
-    padded["input_ids"][0, 5:] = 0
-    padded["attention_mask"][0, 5:] = 0
-    with torch.no_grad():
-        row = wrapped(**padded).logits[:1]
-        single = wrapped(**alone).logits
-    if task == "token-classification":
-        row = row[:, :5]
-    torch.testing.assert_close(row, single, rtol=1e-4, atol=1e-5)
+    padded = check_padding_is_hidden(wrapped, task)
 
     prefix = next(m for n, m in wrapped.named_modules() if n.endswith("peftkit_prefix"))
     with torch.no_grad():
@@ -219,13 +233,13 @@ def test_prefix_projection_is_left_out_of_the_checkpoint(tmp_path):
 def test_eager_and_sdpa_models_get_the_same_prefix(tmp_path):
     """The prefixed attention hands over to the implementation the model had: SDPA or its own eager one."""
     _, path = saved_base(tmp_path, "llama", "classification")
-    batch = make_inputs("classification")
     results = []
     for implementation in ("sdpa", "eager"):
         model = auto_class("classification").from_pretrained(path, attn_implementation=implementation).eval()
         wrapped = peftkit.wrap(model, "prefix")
         assert wrapped.config._attn_implementation == f"peftkit_prefix_{implementation}"
-        results.append(logits(wrapped, batch))
+        padded = check_padding_is_hidden(wrapped, "classification")  # a boolean mask, then an additive one
+        results.append(logits(wrapped, padded))
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 

@@ -8,10 +8,13 @@ the logits lose them, so they keep the input's length as every other strategy's 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from peft import PromptTuningConfig
 from torch import nn
 
+from ..introspect import head_module_names
 from ._peft import apply_peft, check_forward, heads_to_save, prompt_learning_dims, task_type
 from .base import Strategy
 from .options import Integer, Modules
@@ -47,10 +50,14 @@ class PromptTuning(Strategy):
 
     def on_load(self, model: nn.Module) -> None:
         config = getattr(model, "active_peft_config", None)
-        if getattr(config, "task_type", None) == "TOKEN_CLS" and not getattr(model, _HOOKED, False):
+        if getattr(model, _HOOKED, False) or config is None:
+            return
+        setattr(model, _HOOKED, True)
+        if config.task_type == "TOKEN_CLS":
             model.register_forward_pre_hook(_pad_labels, with_kwargs=True)
             model.register_forward_hook(_drop_virtual_positions, with_kwargs=True)
-            setattr(model, _HOOKED, True)
+        elif config.task_type == "SEQ_CLS" and _pools_last_token(base := model.get_base_model()):
+            _pool_last_attended(base)
 
 
 def _virtual_tokens(model: nn.Module) -> int:
@@ -70,3 +77,39 @@ def _drop_virtual_positions(model: nn.Module, args: tuple, kwargs: dict, output)
     if isinstance(logits, torch.Tensor) and logits.dim() == 3:
         output.logits = logits[:, _virtual_tokens(model) :]
     return output
+
+
+def _pools_last_token(model: nn.Module) -> bool:
+    """Whether a classifier reads the last non-padding token, found from ``input_ids`` (GPT-2, Llama and
+    the other decoders' ``*ForSequenceClassification``): given only ``inputs_embeds``, as under prompt
+    tuning, it reads the last position, a padding one in a right-padded batch."""
+    try:
+        return "last_non_pad_token" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _pool_last_attended(model: nn.Module) -> None:
+    """Make the head's last position hold the logits of each row's last attended one (the mask is
+    read off the model's own call), so that the classifier pools the last real token again."""
+    heads = head_module_names(model)
+    if len(heads) != 1:
+        return
+    seen: dict[str, torch.Tensor | None] = {}
+
+    def remember_mask(module, args, kwargs):
+        seen["mask"] = kwargs.get("attention_mask")
+
+    def last_attended_to_end(module, args, logits):
+        mask = seen.get("mask")
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or mask is None or mask.dim() != 2:
+            return logits
+        if mask.shape[1] != logits.shape[1]:
+            return logits
+        positions = torch.arange(mask.shape[1], device=logits.device)
+        last = (positions * mask.to(logits.device).bool()).argmax(-1)
+        pooled = logits[torch.arange(logits.shape[0], device=logits.device), last]
+        return torch.cat([logits[:, :-1], pooled[:, None]], dim=1)
+
+    model.register_forward_pre_hook(remember_mask, with_kwargs=True)
+    model.get_submodule(heads[0]).register_forward_hook(last_attended_to_end)
