@@ -259,3 +259,16 @@ def test_prefix_on_the_meta_device_counts_like_the_real_model():
     with torch.device("meta"):
         skeleton = auto_class("classification").from_config(tiny_config("bart"))
     assert peftkit.count_parameters(peftkit.wrap(skeleton, "prefix")) == real
+
+
+def test_native_prefix_decodes_with_a_cache():
+    """Forced on a causal LM, our prefix works with the KV cache: the prefix is not cached, it is put
+    in front again at each step, and the step's mask covers it."""
+    wrapped = peftkit.wrap(build_tiny("llama", "causal-lm"), "prefix", implementation="native").eval()
+    perturb_trainable(wrapped, scale=1.0)
+    ids = make_inputs("causal-lm")["input_ids"]
+    with torch.no_grad():
+        full = wrapped(ids).logits[:, -1]
+        start = wrapped(ids[:, :-1], use_cache=True)
+        step = wrapped(ids[:, -1:], past_key_values=start.past_key_values).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-5)
