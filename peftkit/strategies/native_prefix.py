@@ -121,11 +121,12 @@ def _prefixed_attention(base: str) -> Callable:
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
         pk, pv = prefix.key_value()
         n, batch = pk.shape[1], key.shape[0]
+        # Without a mask, SDPA's function reads a causal module as causal (an eager one as unmasked):
+        # with keys in front of the queries that pattern must be spelt out.
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", True) if causal is None else causal
-        if attention_mask is None and base == "eager":
-            causal = False  # eager functions apply no mask they were not given
-        attention_mask = _widen_mask(attention_mask, n, query, key.shape[2], causal and base != "eager")
+        implied = inner is sdpa_attention_forward and causal
+        attention_mask = _widen_mask(attention_mask, n, query, key.shape[2], implied)
         if kwargs.get("position_bias") is not None:  # T5: relative position bias, none for the prefix
             bias = kwargs["position_bias"]
             kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], dim=-1)
