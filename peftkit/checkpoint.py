@@ -30,9 +30,9 @@ from torch import nn
 
 from . import base_source
 from .base_source import BaseModelNotFoundError
-from .introspect import auto_class, has_head, is_quantized, trainable_state
+from .introspect import auto_class, has_head, is_quantized
 from .safe_write import CONFIG_NAME, OverwriteRefusedError, atomic_directory, clean_stale_temporaries
-from .strategies import REGISTRY, WrapInfo, wrap, wrap_info
+from .strategies import REGISTRY, Strategy, WrapInfo, wrap, wrap_info
 from .strategies.base import INFO_ATTR
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -86,7 +86,9 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         if info.format in ("peft", "full"):
             model.save_pretrained(tmp)
         else:
-            save_file(trainable_state(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            spec = REGISTRY.get(info.strategy, Strategy())
+            tensors, meta["options"] = spec.checkpoint_state(model, info.options)
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -110,9 +110,9 @@ def test_frozen_backbone_keeps_fewer_activations(minilm_plan):
 def test_refusals_come_from_wrap(minilm_plan):
     for q in QUANTIZED:
         assert "unquantized" in minilm_plan.row("full", q).error
-    for q in (None, *QUANTIZED):
-        row = minilm_plan.row("prefix", q)
-        assert row.error and "prefix" in row.error.lower() and row.predicted_peak == 0
+    # prefix tuning on a classification head is peftkit's own, planned on every quantization alike
+    prefix = {minilm_plan.row("prefix", q).trainable for q in (None, *QUANTIZED)}
+    assert all(minilm_plan.row("prefix", q).error is None for q in (None, *QUANTIZED)) and len(prefix) == 1
     table = minilm_plan.to_table()
     assert "refused: Full fine-tuning needs an unquantized model" in table
 
@@ -135,12 +135,12 @@ def test_bitfit_refused_on_llama_and_forward_checks_keep_valid_cells(tmp_path):
     assert result.row("lora").activations > 2 * 16 * 96 * 4  # float32 log-probabilities over the vocabulary
 
 
-def test_prompt_refused_for_token_classification(tmp_path):
+def test_prompt_planned_for_token_classification(tmp_path):
     path = save_tiny_config(tmp_path / "bert", "bert")
     result = plan(str(path), task="token-classification", batch_size=2, seq_len=16, quantization=[None],
                   strategies=["lora", "prompt"])
     assert result.row("lora").error is None
-    assert result.row("prompt").error
+    assert result.row("prompt").error is None  # the virtual positions leave the logits
 
 
 def test_gradient_checkpointing_and_smaller_batches_cost_less(minilm_plan):

@@ -17,7 +17,8 @@ from .bitfit import BitFit
 from .full import Full
 from .ia3 import IA3
 from .lora import LoRA
-from .prompt import PrefixTuning, PromptTuning
+from .prefix import PrefixTuning
+from .prompt import PromptTuning
 
 # The one list of strategies, in the order they are shown. peftkit.static reads the class names
 # here (and each class's `name`) from the source, so that `peftkit --help` needs no torch.
@@ -115,6 +116,7 @@ def wrap(model: nn.Module, strategy: str | PeftConfig, task: str | None = None, 
         if spec.tasks is not None and task not in spec.tasks:
             raise ValueError(f"Strategy {spec.name!r} does not support task {task!r}.")
         wrapped = spec.apply(model, task, **resolved)
-        info = WrapInfo(spec.name, resolved, task, base, spec.checkpoint_format)
+        recorded, checkpoint_format = spec.record(wrapped, resolved)
+        info = WrapInfo(spec.name, recorded, task, base, checkpoint_format)
     setattr(wrapped, INFO_ATTR, info)
     return wrapped

@@ -43,9 +43,10 @@ _PEFT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, Not
 def _cannot_apply(model: nn.Module, method: str, err: Exception) -> ValueError:
     arch = type(model).__name__
     model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    others = "'prefix', 'lora' or 'ia3'" if method == "prompt tuning" else "'lora' or 'ia3'"
     return ValueError(
         f"PEFT cannot apply {method} to {arch} (model_type {model_type!r}): {str(err).rstrip('.')}. "
-        "Try strategy 'lora' or 'ia3' on this architecture."
+        f"Try strategy {others} on this architecture."
     )
 
 
@@ -63,18 +64,41 @@ def apply_peft(model: nn.Module, config: PeftConfig, method: str, probe: bool = 
             wrapped = get_peft_model(model, config)
     except _PEFT_ERRORS as err:
         raise _cannot_apply(model, method, err) from err
-    if probe and not any(p.is_meta for p in model.parameters()):
-        try:
-            _probe_forward(wrapped, config.task_type)
-        except _PEFT_ERRORS as err:
-            raise _cannot_apply(model, method, err) from err
+    if probe:
+        check_forward(wrapped, method)
     return wrapped
 
 
+def check_forward(wrapped: nn.Module, method: str) -> None:
+    """A two-token forward pass of a PEFT model (skipped on the meta device), PEFT's errors named."""
+    base = wrapped.get_base_model()
+    if any(p.is_meta for p in base.parameters()):
+        return
+    try:
+        _probe_forward(wrapped, wrapped.active_peft_config.task_type)
+    except _PEFT_ERRORS as err:
+        raise _cannot_apply(base, method, err) from err
+
+
+def probe_token_ids(model: nn.Module, length: int) -> torch.Tensor:
+    """``(1, length)`` token ids every embedding row of ``model`` can look up, ending with its eos.
+
+    Read off the input embeddings, not the config: a config's ``eos_token_id`` (GPT-2's 50256) may
+    lie outside a small vocabulary. The last id is eos where it fits (BART's classification head
+    reads the eos position); the others are fixed draws over the vocabulary, in the model's device.
+    """
+    embeddings = model.get_input_embeddings()
+    vocab = embeddings.num_embeddings
+    ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+    config = getattr(model, "config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int) and 0 <= eos < vocab:
+        ids[:, -1] = eos
+    return ids.to(embeddings.weight.device)
+
+
 def _probe_forward(model: nn.Module, peft_task: str) -> None:
-    config = model.get_base_model().config
-    token = next(t for t in (config.eos_token_id, config.bos_token_id, 1) if isinstance(t, int))
-    ids = torch.full((1, 2), token, dtype=torch.long, device=model.device)
+    ids = probe_token_ids(model.get_base_model(), 2)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if peft_task == "SEQ_2_SEQ_LM":
         batch["labels"] = ids

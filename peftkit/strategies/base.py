@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from ..introspect import trainable_state
 from .options import Rule, check
 
 INFO_ATTR = "peftkit_info"
@@ -84,6 +85,18 @@ class Strategy:
 
     def apply(self, model: nn.Module, task: str, **options: Any) -> nn.Module:
         raise NotImplementedError
+
+    def record(self, model: nn.Module, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The options and checkpoint format `wrap` records for ``model`` (what `apply` returned). A
+        strategy that picks its implementation at wrap time records its pick, so a checkpoint reloads
+        the same way."""
+        return options, self.checkpoint_format
+
+    def checkpoint_state(self, model: nn.Module, options: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+        """(tensors, options) a ``peftkit``-format checkpoint stores: by default the trained tensors
+        and the options as recorded; `peftkit.load` wraps a fresh base with those options and loads
+        those tensors into it."""
+        return trainable_state(model), options
 
     # ---- hooks the training loop calls on the wrapped model's strategy (it never tests names)
 
