@@ -136,8 +136,13 @@ def ffn_output_targets(model: nn.Module) -> list[str]:
     return list(names)
 
 
-# Spellings of separate key and value projections, for models PEFT's IA3 table does not list.
-_KEY_VALUE = ("k", "v", "key", "value", "k_proj", "v_proj", "key_proj", "value_proj", "k_lin", "v_lin")
+# Separate key and value projections as architectures spell them once "_proj"/"_lin" is dropped and the
+# name lowercased (k_proj, key_proj, k_lin, CTRL's Wk, T5's k), for models PEFT's IA3 table does not list.
+_KEY_VALUE = ("k", "v", "key", "value", "wk", "wv")
+
+
+def _is_key_or_value(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lower().removesuffix("_proj").removesuffix("_lin") in _KEY_VALUE
 
 
 def key_value_targets(model: nn.Module) -> list[str]:
@@ -155,7 +160,7 @@ def key_value_targets(model: nn.Module) -> list[str]:
             linears = list(named_linears(attn, attn_name))
             output = _output_projection(linears, width)[0]
             inputs = [n for n, _ in linears if n != output] or [output]
-            kv = [n for n in inputs if n.rsplit(".", 1)[-1] in _KEY_VALUE] if len(inputs) > 1 else inputs
+            kv = [n for n in inputs if _is_key_or_value(n)] if len(inputs) > 1 else inputs
             found.update((_relative(block_name, n), None) for n in kv or inputs)
     if not found:
         raise _unreadable(model, "attention projections")
