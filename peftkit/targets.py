@@ -102,28 +102,51 @@ def _output_projection(linears: list[tuple[str, nn.Module]], width: int | None) 
     return (writes_residual or linears)[-1]
 
 
+def _feed_forward_modules(
+    block: nn.Module, block_name: str, attentions: list[str], min_dim: int = 2
+) -> list[str]:
+    """The block's children outside attention holding weights of ``min_dim`` dimensions or more.
+
+    With ``min_dim=3``: a mixture of experts, whose experts' weights transformers 5 keeps as one 3-D
+    tensor (Mixtral's and Qwen2-MoE's ``mlp``); its output, not a shared expert's ``down_proj``, is the
+    feed-forward output. With 2: a feed-forward module whose output is no Linear layer. Norms hold
+    vectors only and are never taken.
+    """
+    return [
+        f"{block_name}.{name}"
+        for name, child in block.named_children()
+        if f"{block_name}.{name}" not in attentions and any(p.dim() >= min_dim for p in child.parameters())
+    ]
+
+
 def sublayer_outputs(model: nn.Module) -> list[SublayerOutputs]:
     """Per block: the output projection of each attention module and of the feed-forward part.
 
     The attention output is found by `_output_projection` (``o_proj``, ``out_proj``, ``dense``,
     ``attention.output.dense``, MPNet's ``o``, GPT-2's ``attn.c_proj``). The feed-forward output is the
     last Linear-like layer outside attention that writes the residual width (``down_proj`` after a fused
-    ``gate_up_proj``, ``fc2``, ``fc_out``, ``output.dense``, ``mlp.c_proj``). Blocks that run attention
-    and feed-forward in parallel (GPT-J, CodeGen, Falcon, Phi) have both, side by side.
+    ``gate_up_proj``, ``fc2``, ``fc_out``, ``output.dense``, ``mlp.c_proj``); a mixture of experts, or
+    a feed-forward part without such a layer, is taken whole (`_feed_forward_modules`). Blocks that
+    run attention and feed-forward in parallel (GPT-J, CodeGen, Falcon, Phi) have both, side by side.
     """
     width = residual_width(model)
     found: list[SublayerOutputs] = []
     for block_name, block in _blocks(model):
         attn_outputs = []
         inside: set[str] = set()
-        for attn_name, attn in attention_modules(block, block_name):
+        attns = attention_modules(block, block_name)
+        for attn_name, attn in attns:
             linears = list(named_linears(attn, attn_name))
             inside.update(n for n, _ in linears)
             attn_outputs.append(_output_projection(linears, width))
         if not attn_outputs:
             continue
         out = width or linear_dims(attn_outputs[-1][1])[1]
-        ffn = [n for n, m in named_linears(block, block_name) if n not in inside and linear_dims(m)[1] == out]
+        experts = _feed_forward_modules(block, block_name, [a for a, _ in attns], min_dim=3)
+        ffn = experts or [
+            n for n, m in named_linears(block, block_name) if n not in inside and linear_dims(m)[1] == out
+        ]
+        ffn = ffn or _feed_forward_modules(block, block_name, [a for a, _ in attns])
         found.append(SublayerOutputs(block_name, tuple(n for n, _ in attn_outputs), ffn[-1] if ffn else None))
     if not found or all(s.feed_forward is None for s in found):
         raise _unreadable(model, "attention and feed-forward output projections")
@@ -131,9 +154,11 @@ def sublayer_outputs(model: nn.Module) -> list[SublayerOutputs]:
 
 
 def ffn_output_targets(model: nn.Module) -> list[str]:
-    """The feed-forward output projection of each block, as names within a block."""
-    names = {_relative(s.block, s.feed_forward): None for s in sublayer_outputs(model) if s.feed_forward}
-    return list(names)
+    """The feed-forward output projection of each block, as names within a block (Linear-like ones only:
+    PEFT cannot target a mixture of experts' 3-D weights)."""
+    found = [s for s in sublayer_outputs(model) if s.feed_forward]
+    linear = [s for s in found if linear_dims(model.get_submodule(s.feed_forward))]
+    return list({_relative(s.block, s.feed_forward): None for s in linear})
 
 
 # Separate key and value projections as architectures spell them once "_proj"/"_lin" is dropped and the

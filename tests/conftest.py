@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB = 96
 
 _DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+_MOE = dict(_DECODER, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=2)
 
 # Tiny configs for AutoConfig.for_model: (model_type, tasks it is tested on, config kwargs).
 TINY_ARCHITECTURES = {
@@ -44,6 +45,8 @@ TINY_ARCHITECTURES = {
     "gemma": (("causal-lm",), dict(_DECODER, num_key_value_heads=2, head_dim=8)),
     "xlm-roberta": (("classification",), dict(_DECODER)),
     "mpnet": (("token-classification",), dict(_DECODER)),
+    # A mixture of experts: the experts' weights are one 3-D tensor, no Linear layer per expert.
+    "mixtral": (("causal-lm",), dict(_MOE)),
 }
 
 ARCH_TASKS = [(arch, task) for arch, (tasks, _) in TINY_ARCHITECTURES.items() for task in tasks]

@@ -13,10 +13,14 @@ from peftkit.introspect import auto_class, head_module_names, linear_dims
 from peftkit.strategies import BottleneckAdapter
 from peftkit.targets import attention_targets, ia3_targets, residual_width, sublayer_outputs
 
+# Architectures whose feed-forward part is a mixture of experts (no Linear layer per expert).
+MIXTURE_OF_EXPERTS = {"mixtral"}
+
 # Strategies whose freshly wrapped model must compute exactly what the base model did.
 IDENTITY_AT_INIT = ("full", "lora", "adalora", "adapter", "ia3", "bitfit")
 # Architectures whose backbone has no bias terms: BitFit must refuse them.
-BIAS_FREE = {"llama", "t5", "phi3", "mistral", "gemma", "mpt"}  # Qwen2 has q/k/v biases, so BitFit applies
+# (Qwen2 has q/k/v biases, so BitFit applies.)
+BIAS_FREE = {"llama", "t5", "phi3", "mistral", "gemma", "mpt", "mixtral"}
 
 
 
@@ -174,17 +178,19 @@ def _maps_to_base(name: str, base_names: set[str]) -> bool:
 @pytest.mark.parametrize("arch,task", ARCH_TASKS)
 def test_targets_found_on_every_architecture(arch, task):
     """No architecture in the matrix needs target_modules: every block has its attention output(s) and
-    its feed-forward output, both writing the residual stream, and IA3's feed-forward modules are targets."""
+    its feed-forward output, both writing the residual stream (a mixture of experts is taken whole),
+    and IA3's feed-forward modules are targets (none where the experts are one 3-D tensor)."""
     model = build_tiny(arch, task)
     width = residual_width(model)
     blocks = sublayer_outputs(model)
     assert blocks and all(b.attention and b.feed_forward for b in blocks)
     for b in blocks:
         assert b.feed_forward not in b.attention
-        assert all(linear_dims(model.get_submodule(n))[1] == width for n in (*b.attention, b.feed_forward))
+        assert all(linear_dims(model.get_submodule(n))[1] == width for n in b.attention)
+        assert (linear_dims(model.get_submodule(b.feed_forward)) or (0, width))[1] == width
     assert attention_targets(model)
     targets, ffn = ia3_targets(model)
-    assert ffn and set(ffn) <= set(targets)
+    assert (ffn or arch in MIXTURE_OF_EXPERTS) and set(ffn) <= set(targets)
 
 
 # Fused and parallel layouts: (attention output, feed-forward output) within a block, and IA3's targets:
@@ -204,6 +210,8 @@ LAYOUTS = {
     ),
     "mpnet": ("attention.attn.o", "output.dense", ["attention.attn.k", "attention.attn.v", "output.dense"]),
     "deberta-v2": ("attention.output.dense", "output.dense", ["key_proj", "value_proj", "output.dense"]),
+    # PEFT's table names Mixtral's w2, which transformers 5 fuses into one 3-D tensor: the structure speaks.
+    "mixtral": ("self_attn.o_proj", "mlp", ["self_attn.k_proj", "self_attn.v_proj"]),
 }
 
 
