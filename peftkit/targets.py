@@ -115,8 +115,15 @@ def _feed_forward_modules(
     return [
         f"{block_name}.{name}"
         for name, child in block.named_children()
-        if f"{block_name}.{name}" not in attentions and any(p.dim() >= min_dim for p in child.parameters())
+        if f"{block_name}.{name}" not in attentions and any(p.dim() >= min_dim for p in _weights(child))
     ]
+
+
+def _weights(module: nn.Module):
+    """The parameters of a module but those of convolutions (whose kernels are 3-D too, not experts)."""
+    for sub in module.modules():
+        if not isinstance(sub, nn.modules.conv._ConvNd):
+            yield from sub.parameters(recurse=False)
 
 
 def sublayer_outputs(model: nn.Module) -> list[SublayerOutputs]:
