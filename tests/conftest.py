@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB = 96
 
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+_MOE = dict(_DECODER, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=2)
+
 # Tiny configs for AutoConfig.for_model: (model_type, tasks it is tested on, config kwargs).
 TINY_ARCHITECTURES = {
     "bert": (("classification", "token-classification"), dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
@@ -28,6 +31,22 @@ TINY_ARCHITECTURES = {
     "gpt_neox": (("causal-lm",), dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
     "t5": (("seq2seq-lm",), dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4)),
     "bart": (("seq2seq-lm", "classification"), dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    # Fused projections: one Linear for q, k and v (and Phi-3's one for gate and up).
+    "phi3": (("causal-lm", "classification"), dict(_DECODER, num_key_value_heads=2)),
+    "codegen": (("causal-lm",), dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)),
+    "gpt_bigcode": (("causal-lm",), dict(n_embd=32, n_layer=2, n_head=4, multi_query=True, n_positions=64)),
+    "mpt": (("causal-lm",), dict(d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, max_seq_len=64)),
+    # Attention and feed-forward in parallel (CodeGen above too; Falcon's default as well).
+    "gptj": (("causal-lm",), dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)),
+    "phi": (("causal-lm",), dict(_DECODER)),
+    "stablelm": (("causal-lm",), dict(_DECODER, num_key_value_heads=2, use_parallel_residual=True)),
+    # More of the common layouts, under other names.
+    "mistral": (("classification",), dict(_DECODER, num_key_value_heads=2)),
+    "gemma": (("causal-lm",), dict(_DECODER, num_key_value_heads=2, head_dim=8)),
+    "xlm-roberta": (("classification",), dict(_DECODER)),
+    "mpnet": (("token-classification",), dict(_DECODER)),
+    # A mixture of experts: the experts' weights are one 3-D tensor, no Linear layer per expert.
+    "mixtral": (("causal-lm",), dict(_MOE)),
 }
 
 ARCH_TASKS = [(arch, task) for arch, (tasks, _) in TINY_ARCHITECTURES.items() for task in tasks]

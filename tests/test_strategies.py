@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCH_TASKS, VOCAB, perturb_trainable
+from conftest import ARCH_TASKS, VOCAB, build_tiny, perturb_trainable
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 import peftkit
-from peftkit.introspect import auto_class, head_module_names
+from peftkit.introspect import auto_class, head_module_names, linear_dims
 from peftkit.strategies import BottleneckAdapter
+from peftkit.targets import attention_targets, ia3_targets, residual_width, sublayer_outputs
+
+# Architectures whose feed-forward part is a mixture of experts (no Linear layer per expert).
+MIXTURE_OF_EXPERTS = {"mixtral"}
 
 # Strategies whose freshly wrapped model must compute exactly what the base model did.
 IDENTITY_AT_INIT = ("full", "lora", "adalora", "adapter", "ia3", "bitfit")
 # Architectures whose backbone has no bias terms: BitFit must refuse them.
-BIAS_FREE = {"llama", "t5"}  # Qwen2 has q/k/v biases, so BitFit applies
+# (Qwen2 has q/k/v biases, so BitFit applies.)
+BIAS_FREE = {"llama", "t5", "phi3", "mistral", "gemma", "mpt", "mixtral"}
 
 
 
@@ -165,3 +170,60 @@ def _maps_to_base(name: str, base_names: set[str]) -> bool:
     plain = name.replace(".base_layer.", ".").replace(".original_module.", ".")
     candidates = (plain, plain.removeprefix("base_model."), plain.removeprefix("base_model.model."))
     return any(c in base_names for c in candidates)
+
+
+@pytest.mark.parametrize("arch,task", ARCH_TASKS)
+def test_targets_found_on_every_architecture(arch, task):
+    """No architecture in the matrix needs target_modules: every block has its attention output(s) and
+    its feed-forward output, both writing the residual stream (a mixture of experts is taken whole),
+    and IA3's feed-forward modules are targets (none where the experts are one 3-D tensor)."""
+    model = build_tiny(arch, task)
+    width = residual_width(model)
+    blocks = sublayer_outputs(model)
+    assert blocks and all(b.attention and b.feed_forward for b in blocks)
+    for b in blocks:
+        assert b.feed_forward not in b.attention
+        assert all(linear_dims(model.get_submodule(n))[1] == width for n in b.attention)
+        assert (linear_dims(model.get_submodule(b.feed_forward)) or (0, width))[1] == width
+    assert attention_targets(model)
+    targets, ffn = ia3_targets(model)
+    assert (ffn or arch in MIXTURE_OF_EXPERTS) and set(ffn) <= set(targets)
+
+
+# Fused and parallel layouts: (attention output, feed-forward output) within a block, and IA3's targets:
+# PEFT's own table where it has the model type, else read off the structure (a fused q/k/v taken whole).
+# Phi-3 and CodeGen register o_proj/out_proj before their fused qkv_proj; CodeGen, GPT-J and StableLM
+# (use_parallel_residual) run attention and feed-forward in parallel; GPT-BigCode's c_attn is multi-query.
+LAYOUTS = {
+    "phi3": ("self_attn.o_proj", "mlp.down_proj", ["self_attn.qkv_proj", "mlp.down_proj"]),
+    "codegen": ("attn.out_proj", "mlp.fc_out", ["attn.qkv_proj", "mlp.fc_out"]),
+    "mpt": ("attn.out_proj", "ffn.down_proj", ["attn.Wqkv", "ffn.down_proj"]),
+    "gpt_bigcode": ("attn.c_proj", "mlp.c_proj", ["c_attn", "mlp.c_proj"]),
+    "gptj": ("attn.out_proj", "mlp.fc_out", ["q_proj", "v_proj", "fc_out"]),
+    "stablelm": (
+        "self_attn.o_proj",
+        "mlp.down_proj",
+        ["self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"],
+    ),
+    "mpnet": ("attention.attn.o", "output.dense", ["attention.attn.k", "attention.attn.v", "output.dense"]),
+    "deberta-v2": ("attention.output.dense", "output.dense", ["key_proj", "value_proj", "output.dense"]),
+    # PEFT's table names Mixtral's w2, which transformers 5 fuses into one 3-D tensor: the structure speaks.
+    "mixtral": ("self_attn.o_proj", "mlp", ["self_attn.k_proj", "self_attn.v_proj"]),
+}
+
+
+@pytest.mark.parametrize("arch", LAYOUTS)
+def test_fused_and_parallel_layouts(arch):
+    attention, feed_forward, ia3 = LAYOUTS[arch]
+    task = next(t for a, t in ARCH_TASKS if a == arch)
+    model = build_tiny(arch, task)
+    blocks = sublayer_outputs(model)
+    first = blocks[0]
+    assert first.attention == (f"{first.block}.{attention}",)
+    assert first.feed_forward == f"{first.block}.{feed_forward}"
+    assert ia3_targets(model)[0] == ia3
+    wrapped = peftkit.wrap(model, "adapter", placement="houlsby")
+    adapted = {n for n, m in wrapped.named_modules() if isinstance(m, BottleneckAdapter)}
+    expected = {f"{b.block}.{n}.adapter" for b in blocks for n in (attention, feed_forward)}
+    assert adapted == expected
+    assert peftkit.wrap(build_tiny(arch, task), "ia3").peft_config["default"].target_modules == set(ia3)

@@ -22,7 +22,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..introspect import head_module_names, linear_dims
-from ..targets import sublayer_outputs
+from ..targets import residual_width, sublayer_outputs
 from .base import Strategy, freeze, unfreeze_heads
 from .options import Choice, Integer, Modules
 
@@ -64,6 +64,8 @@ def _adapter_dtype(layer: nn.Module) -> torch.dtype:
     (bfloat16 on GPUs), as LoRA weights do; `BottleneckAdapter.forward` casts to and fro.
     """
     weight = getattr(layer, "weight", None)
+    if weight is None:  # a whole feed-forward module: its first floating parameter
+        weight = next((p for p in layer.parameters() if p.is_floating_point()), None)
     dtype = weight.dtype if weight is not None else torch.float32
     return dtype if dtype.is_floating_point else torch.float32
 
@@ -97,7 +99,8 @@ class Adapter(Strategy):
         freeze(model)
         for name in targets:
             layer = model.get_submodule(name)
-            width = linear_dims(layer)[1]
+            dims = linear_dims(layer)
+            width = dims[1] if dims else residual_width(model)  # after a whole mixture of experts
             adapter = BottleneckAdapter(width, max(1, width // factor), o["activation"], _adapter_dtype(layer))
             adapter.to(next(layer.parameters()).device)
             layer.add_module(ADAPTER_NAME, adapter)

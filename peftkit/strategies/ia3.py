@@ -1,11 +1,15 @@
-"""IA3 (Liu et al. 2022): learned rescaling of keys, values and the feed-forward activation."""
+"""IA3 (Liu et al. 2022): learned rescaling of keys, values and the feed-forward activation.
+
+With ``target_modules="auto"`` the modules are PEFT's own defaults for the model type where PEFT has
+them, else read off the model's structure (`peftkit.targets.ia3_targets`).
+"""
 
 from __future__ import annotations
 
 from peft import IA3Config
 from torch import nn
 
-from ..targets import ffn_output_targets, key_value_targets
+from ..targets import ia3_targets
 from ._peft import apply_peft, has_conv1d, heads_to_save, task_type
 from .base import Strategy
 from .options import Modules
@@ -26,9 +30,13 @@ class IA3(Strategy):
     default_lr = 3e-3
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
-        auto = o["target_modules"] == "auto"
-        ffn = ffn_output_targets(model) if o["feedforward_modules"] == "auto" else list(o["feedforward_modules"] or [])
-        targets = key_value_targets(model) + ffn if auto else list(o["target_modules"])
+        auto = "auto" in (o["target_modules"], o["feedforward_modules"])
+        found, found_ffn = ia3_targets(model) if auto else ([], [])
+        ffn = found_ffn if o["feedforward_modules"] == "auto" else list(o["feedforward_modules"] or [])
+        if o["target_modules"] == "auto":  # the attention part found, then the feed-forward modules chosen
+            targets = [t for t in found if t not in found_ffn] + ffn
+        else:
+            targets = list(o["target_modules"])
         config = IA3Config(
             task_type=task_type(task),
             target_modules=targets,
