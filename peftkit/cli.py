@@ -166,8 +166,13 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
                    f"(default: {d['gradient_accumulation_steps']})")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in the "
                    f"backward pass: less memory, slower (default: {_shown(d['gradient_checkpointing'])})")
-    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="GPU mixed precision "
-                   "(default: what `accelerate launch` configured, else no)")
+    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="mixed precision: bf16 on "
+                   "GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), fp16 on GPUs, auto: bf16 where the "
+                   "machine has it; weights and optimizer state stay float32 (default: what `accelerate launch` "
+                   "configured, else no)")
+    p.add_argument("--compile", action="store_true", default=None, help="run the training forward through "
+                   "torch.compile, falling back to eager with a warning where that fails (default: "
+                   f"{_shown(d['compile'])})")
     p.add_argument("--early-stopping-patience", type=int, metavar="N", help="stop after N evaluations without "
                    "improvement (default: never)")
     p.add_argument("--report-to", metavar="TRACKER", help="log to experiment trackers, comma-separated: any tracker "
@@ -188,7 +193,7 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "resume": "resume_from_checkpoint", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_checkpointing": "gradient_checkpointing", "mixed_precision": "mixed_precision",
     "early_stopping_patience": "early_stopping_patience", "report_to": "report_to", "cpu": "cpu", "output": "output_dir",
-    "overwrite": "overwrite",
+    "overwrite": "overwrite", "compile": "compile",
 }
 
 
@@ -364,13 +369,14 @@ def _load_checkpoint(path: str, base_model: str | None):
     return model, AutoTokenizer.from_pretrained(source), meta
 
 
-def predict(model, tokenizer, task: str, texts: list[str], batch_size: int = 32, max_new_tokens: int = 32) -> list[dict[str, Any]]:
+def predict(model, tokenizer, task: str, texts: list[str], batch_size: int = 32, max_new_tokens: int = 32,
+            mixed_precision: str | None = None) -> list[dict[str, Any]]:
     """Predictions for raw texts: a label (classification), word labels (token classification)
     or a generated continuation (causal LM); `peftkit.prediction.predict_texts` does the work."""
     from .prediction import predict_texts
 
     rows = predict_texts(model, tokenizer, task, texts, batch_size=16 if task == "causal-lm" else batch_size,
-                         max_new_tokens=max_new_tokens)
+                         max_new_tokens=max_new_tokens, mixed_precision=mixed_precision)
     if task == "causal-lm":
         return [{"text": t, "generated": r["generated"]} for t, r in zip(texts, rows, strict=True)]
     if task == "classification":
@@ -382,7 +388,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     output = new_file(args.output) if args.output else None
     texts = _read_inputs(args)
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
-    rows = predict(model, tokenizer, meta["task"], texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    rows = predict(model, tokenizer, meta["task"], texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   mixed_precision=args.mixed_precision)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if output:
         write_new_file(output, "\n".join(lines) + "\n")
@@ -434,7 +441,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
     split = DatasetDict({"test": _align_labels(data["test"], model, meta["task"])})
     prepared = task.prepare(split, tokenizer, max_length=args.max_length)["test"]
-    accelerator = Accelerator(cpu=args.cpu)
+    import torch
+
+    from .precision import resolve_mixed_precision
+
+    precision = resolve_mixed_precision(args.mixed_precision, on_cpu=args.cpu or not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=precision)  # its autocast wraps the model's forward
     model, loader = accelerator.prepare(model, DataLoader(prepared, batch_size=args.batch_size, collate_fn=task.collator(tokenizer)))
     return {**evaluate(model, loader, task, accelerator), "n_examples": len(prepared)}
 
@@ -527,9 +539,13 @@ def _setup_train(p: argparse.ArgumentParser) -> Callable:
 
 
 def _add_checkpoint_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
+    from .static import constants
+
     p.add_argument("checkpoint", help="a checkpoint directory written by peftkit (e.g. OUTPUT/best)")
     p.add_argument("--base-model", help="base model directory or hub id (default: the one the checkpoint names)")
     p.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"examples per batch (default: {batch_size})")
+    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="run the model under bf16 / "
+                   "fp16 autocast, as in training (--mixed-precision of peftkit train; default: no)")
 
 
 def _setup_predict(p: argparse.ArgumentParser) -> Callable:
