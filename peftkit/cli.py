@@ -427,7 +427,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
     from .data import load_data
     from .tasks import get_task
-    from .training import evaluate
+    from .training import evaluate, fresh_accelerator_state
 
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
     task = get_task(meta["task"])
@@ -446,6 +446,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
     from .precision import resolve_mixed_precision
 
     precision = resolve_mixed_precision(args.mixed_precision, on_cpu=args.cpu or not torch.cuda.is_available())
+    fresh_accelerator_state()
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=precision)  # its autocast wraps the model's forward
     model, loader = accelerator.prepare(model, DataLoader(prepared, batch_size=args.batch_size, collate_fn=task.collator(tokenizer)))
     return {**evaluate(model, loader, task, accelerator), "n_examples": len(prepared)}

@@ -203,17 +203,22 @@ def check_device(config: TrainConfig) -> str:
     return resolve_mixed_precision(config.mixed_precision, on_cpu=use_cpu or not has_cuda)
 
 
-def _make_accelerator(config: TrainConfig):
-    from accelerate import Accelerator
+def fresh_accelerator_state() -> None:
+    """Forget Accelerate's process-wide settings (outside a distributed launch): several train() or
+    eval calls in one Python process may ask for different ones, e.g. another mixed precision."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
-    from accelerate.utils import DataLoaderConfiguration
 
-    precision = check_device(config)
-    # Several train() calls in one (non-distributed) Python process may ask for different
-    # settings; Accelerate keeps them in a process-wide singleton, so start it afresh.
     if not (PartialState._shared_state and PartialState().use_distributed):
         AcceleratorState._reset_state()
         GradientState._reset_state()
+
+
+def _make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    precision = check_device(config)
+    fresh_accelerator_state()
     log_with = _available_trackers(config.report_to) or None
     # torchrun / `accelerate launch --multi_gpu` on a machine without a GPU: run the processes on
     # the CPU (gloo) instead of falling back silently to one process.

@@ -120,6 +120,27 @@ def test_bf16_on_cpu_runs_the_forward_in_bf16_and_keeps_float32_state(assets, tm
     assert (tmp_path / "run_config.yaml").read_text().count("mixed_precision_resolved: bf16") == 1
 
 
+def test_eval_command_scores_under_the_asked_autocast(assets, tmp_path, bf16_cpu, monkeypatch):
+    from peftkit import training
+    from peftkit.cli import main
+
+    _train(assets, tmp_path / "run", max_steps=1)
+    evaluate, asked = training.evaluate, []
+
+    def recording(model, loader, task, accelerator):
+        asked.append(accelerator.mixed_precision)
+        return evaluate(model, loader, task, accelerator)
+
+    monkeypatch.setattr(training, "evaluate", recording)
+    test = str(assets["data"] / "test.csv")
+    assert (
+        main(["eval", str(tmp_path / "run" / "best"), "--test", test, "--cpu", "--mixed-precision", "bf16"])
+        == 0
+    )
+    assert main(["eval", str(tmp_path / "run" / "best"), "--test", test, "--cpu"]) == 0
+    assert asked == ["bf16", "no"]
+
+
 def test_auto_resolves_per_machine(assets, tmp_path, monkeypatch):
     from peftkit import precision
 
