@@ -181,8 +181,13 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
                    f"(default: {d['gradient_accumulation_steps']})")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in the "
                    f"backward pass: less memory, slower (default: {_shown(d['gradient_checkpointing'])})")
-    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="GPU mixed precision "
-                   "(default: what `accelerate launch` configured, else no)")
+    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="mixed precision: bf16 on "
+                   "GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), fp16 on GPUs, auto: bf16 where the "
+                   "machine has it; weights and optimizer state stay float32 (default: what `accelerate launch` "
+                   "configured, else no)")
+    p.add_argument("--compile", action="store_true", default=None, help="run the training forward through "
+                   "torch.compile, falling back to eager with a warning where that fails (default: "
+                   f"{_shown(d['compile'])})")
     p.add_argument("--early-stopping-patience", type=int, metavar="N", help="stop after N evaluations without "
                    "improvement (default: never)")
     p.add_argument("--report-to", metavar="TRACKER", help="log to experiment trackers, comma-separated: any tracker "
@@ -203,7 +208,7 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "resume": "resume_from_checkpoint", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_checkpointing": "gradient_checkpointing", "mixed_precision": "mixed_precision",
     "early_stopping_patience": "early_stopping_patience", "report_to": "report_to", "cpu": "cpu", "output": "output_dir",
-    "overwrite": "overwrite",
+    "overwrite": "overwrite", "compile": "compile",
 }
 
 
@@ -392,7 +397,8 @@ def _load_checkpoint(path: str, base_model: str | None):
     return model, AutoTokenizer.from_pretrained(source), meta
 
 
-def predict(model, tokenizer, task, inputs: list[Any], batch_size: int = 32, max_new_tokens: int = 32) -> list[dict[str, Any]]:
+def predict(model, tokenizer, task, inputs: list[Any], batch_size: int = 32, max_new_tokens: int = 32,
+            mixed_precision: str | None = None) -> list[dict[str, Any]]:
     """One output row per input (a text, or a sentence pair): the input and its prediction as the
     task presents it (`peftkit.tasks.Task.present`); `peftkit.prediction.predict_texts` does the work."""
     from .prediction import predict_texts
@@ -401,7 +407,8 @@ def predict(model, tokenizer, task, inputs: list[Any], batch_size: int = 32, max
     task = get_task(task)
     if task.generative:
         batch_size = min(batch_size, 16)  # generation pads on the left: long batches waste steps
-    rows = predict_texts(model, tokenizer, task, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    rows = predict_texts(model, tokenizer, task, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         mixed_precision=mixed_precision)
     return [task.present(task.parse_input(x), r) for x, r in zip(inputs, rows, strict=True)]
 
 
@@ -409,7 +416,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     output = new_file(args.output) if args.output else None
     texts = _read_inputs(args)
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
-    rows = predict(model, tokenizer, meta["task"], texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    rows = predict(model, tokenizer, meta["task"], texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   mixed_precision=args.mixed_precision)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if output:
         write_new_file(output, "\n".join(lines) + "\n")
@@ -448,7 +456,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
     from .data import load_data
     from .tasks import get_task
-    from .training import evaluate
+    from .training import evaluate, fresh_accelerator_state
 
     model, tokenizer, meta = _load_checkpoint(args.checkpoint, args.base_model)
     task = get_task(meta["task"])
@@ -460,7 +468,13 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
     split = DatasetDict({"test": _align_labels(data["test"], model, task)})
     prepared = task.prepare(split, tokenizer, max_length=args.max_length)["test"]
-    accelerator = Accelerator(cpu=args.cpu)
+    import torch
+
+    from .precision import resolve_mixed_precision
+
+    precision = resolve_mixed_precision(args.mixed_precision, on_cpu=args.cpu or not torch.cuda.is_available())
+    fresh_accelerator_state()
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=precision)  # its autocast wraps the model's forward
     model, loader = accelerator.prepare(model, DataLoader(prepared, batch_size=args.batch_size, collate_fn=task.collator(tokenizer)))
     return {**evaluate(model, loader, task, accelerator), "n_examples": len(prepared)}
 
@@ -553,9 +567,13 @@ def _setup_train(p: argparse.ArgumentParser) -> Callable:
 
 
 def _add_checkpoint_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
+    from .static import constants
+
     p.add_argument("checkpoint", help="a checkpoint directory written by peftkit (e.g. OUTPUT/best)")
     p.add_argument("--base-model", help="base model directory or hub id (default: the one the checkpoint names)")
     p.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"examples per batch (default: {batch_size})")
+    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="run the model under bf16 / "
+                   "fp16 autocast, as in training (--mixed-precision of peftkit train; default: no)")
 
 
 def _setup_predict(p: argparse.ArgumentParser) -> Callable:

@@ -60,15 +60,21 @@ def predict_texts(
     adapter_names: Sequence[str] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 32,
+    mixed_precision: str | None = None,
 ) -> list[dict[str, Any]]:
     """One prediction per input (a text, or what the task's ``parse_input`` takes: a sentence
     pair); ``task`` is a registered name or a Task, which does the work (``Task.predict``);
-    ``labels[i]`` names input i's classes (default: the model config's id2label)."""
+    ``labels[i]`` names input i's classes (default: the model config's id2label).
+    ``mixed_precision`` ("bf16", "fp16", "auto"; None / "no": full precision) runs the model under
+    the autocast training used (`peftkit.precision`)."""
+    from .precision import autocast, resolve_mixed_precision
     from .tasks import get_task
 
     task = get_task(task)
     inputs = [task.parse_input(t) for t in texts]
     if adapter_names is not None and len(adapter_names) != len(inputs):
         raise ValueError(f"{len(adapter_names)} adapter names for {len(inputs)} texts: give one per text.")
-    return task.predict(model, tokenizer, inputs, labels=labels, adapter_names=adapter_names, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens)
+    device = next(model.parameters()).device
+    with autocast(resolve_mixed_precision(mixed_precision or "no", on_cpu=device.type == "cpu"), device):
+        return task.predict(model, tokenizer, inputs, labels=labels, adapter_names=adapter_names, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens)

@@ -25,8 +25,9 @@ def _tree(module: str) -> ast.Module:
     return ast.parse(file.read_text(), filename=str(file))
 
 
-def _literals(body: list[ast.stmt]) -> dict[str, Any]:
-    """name -> value for each ``name = <literal>`` / ``name: T = <literal>`` in ``body``."""
+def _literals(body: list[ast.stmt], names: dict[str, Any] | None = None) -> dict[str, Any]:
+    """name -> value for each ``name = <literal>`` / ``name: T = <literal>`` in ``body``; a value that is
+    a bare name is looked up in ``names`` (the module's constants, for a class body)."""
     out: dict[str, Any] = {}
     for node in body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -34,6 +35,9 @@ def _literals(body: list[ast.stmt]) -> dict[str, Any]:
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             name, value = node.target.id, node.value
         else:
+            continue
+        if isinstance(value, ast.Name) and names and value.id in names:
+            out[name] = names[value.id]
             continue
         try:
             out[name] = ast.literal_eval(value)
@@ -51,7 +55,7 @@ def class_attributes(module: str, class_name: str) -> dict[str, Any]:
     """The literal class attributes (dataclass field defaults) of ``class_name`` in ``peftkit.<module>``."""
     for node in _tree(module).body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
-            return _literals(node.body)
+            return _literals(node.body, constants(module))
     raise LookupError(f"peftkit.{module} defines no class {class_name}")
 
 

@@ -38,7 +38,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 SCHEDULERS = ("linear", "cosine")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16", "fp16", "auto")
+# None: what `accelerate launch` configured, else "no". "auto" (bf16 where the machine multiplies it
+# natively, `peftkit.precision.bf16_pays`) becomes the default once measured to keep accuracy over seeds.
+DEFAULT_MIXED_PRECISION = None
 STATE_FILE = "trainer_state.json"
 BEST_STATE_FILE = "best_trainable.safetensors"
 DEFAULT_EPOCHS = 3
@@ -59,7 +62,11 @@ class TrainConfig:
     ``max_steps`` (optimizer steps) overrides ``epochs``. ``eval_steps=None`` evaluates once per
     epoch; ``metric_for_best=None`` uses the task's main metric. ``resume_from_checkpoint`` is a
     checkpoint directory, or True for the latest one under ``output_dir/checkpoints``.
-    ``mixed_precision=None`` keeps what ``accelerate launch`` configured (else "no").
+    ``mixed_precision=None`` keeps what ``accelerate launch`` configured (else "no"); "bf16" works on
+    GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), "auto" picks it where the machine has it
+    (`peftkit.precision`); parameters and optimizer state stay float32 either way.
+    ``compile=True`` runs the training forward through ``torch.compile`` (`peftkit.compiling`), falling
+    back to eager with a warning where compiling fails.
 
     Length of training: ``epochs=None`` (the default) trains 3 epochs, or more when 3 epochs
     would make fewer than ``min_steps`` optimizer steps (small data): enough epochs to reach
@@ -77,7 +84,7 @@ class TrainConfig:
     must match the checkpoint's run in every field except those in
     `peftkit.rundir.NOT_COMPARED` (output_dir, resume_from_checkpoint, overwrite, progress,
     log_every, eval_batch_size, report_to, sample_generations, save_steps, save_total_limit,
-    device, cpu, gradient_checkpointing), and in model, strategy, options, task and data.
+    device, cpu, gradient_checkpointing, compile), and in model, strategy, options, task and data.
     """
 
     output_dir: str = "peftkit-output"
@@ -95,7 +102,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
-    mixed_precision: str | None = None
+    mixed_precision: str | None = DEFAULT_MIXED_PRECISION
+    compile: bool = False
     eval_steps: int | None = None
     early_stopping_patience: int | None = None
     metric_for_best: str | None = None
@@ -179,8 +187,9 @@ class TrainResult:
 # --------------------------------------------------------------------------- device checks
 
 
-def check_device(config: TrainConfig) -> None:
-    """Refuse, with the fix, a device or mixed precision this machine cannot give."""
+def check_device(config: TrainConfig) -> str:
+    """Refuse, with the fix, a device or mixed precision this machine cannot give; the mixed precision
+    the run gets ("auto" resolved, `peftkit.precision.resolve_mixed_precision`)."""
     use_cpu = config.cpu or config.device == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     has_cuda = torch.cuda.is_available()
     if config.device == "cuda" and not has_cuda:
@@ -189,33 +198,27 @@ def check_device(config: TrainConfig) -> None:
             "(torch.cuda.is_available() is False). Train on the CPU (device='cpu', or --cpu on the "
             "command line), or run on a machine with an NVIDIA GPU and a CUDA build of torch."
         )
-    precision = config.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if precision == "no":
-        return
-    if use_cpu or not has_cuda:
-        where = "this run is on the CPU" if use_cpu else "no CUDA GPU is visible to torch"
-        raise RuntimeError(
-            f"mixed_precision={precision!r} needs a GPU, and {where}. Use mixed_precision='no' "
-            "(--mixed-precision no) to train in full precision here."
-        )
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError(
-            f"mixed_precision='bf16' needs a GPU with bfloat16 support (compute capability 8.0+); "
-            f"{torch.cuda.get_device_name()} has none. Use mixed_precision='fp16' or 'no'."
-        )
+    from .precision import resolve_mixed_precision
+
+    return resolve_mixed_precision(config.mixed_precision, on_cpu=use_cpu or not has_cuda)
+
+
+def fresh_accelerator_state() -> None:
+    """Forget Accelerate's process-wide settings (outside a distributed launch): several train() or
+    eval calls in one Python process may ask for different ones, e.g. another mixed precision."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if not (PartialState._shared_state and PartialState().use_distributed):
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
 
 
 def _make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState, PartialState
     from accelerate.utils import DataLoaderConfiguration
 
-    check_device(config)
-    # Several train() calls in one (non-distributed) Python process may ask for different
-    # settings; Accelerate keeps them in a process-wide singleton, so start it afresh.
-    if not (PartialState._shared_state and PartialState().use_distributed):
-        AcceleratorState._reset_state()
-        GradientState._reset_state()
+    precision = check_device(config)
+    fresh_accelerator_state()
     log_with = _available_trackers(config.report_to) or None
     # torchrun / `accelerate launch --multi_gpu` on a machine without a GPU: run the processes on
     # the CPU (gloo) instead of falling back silently to one process.
@@ -223,7 +226,7 @@ def _make_accelerator(config: TrainConfig):
     use_cpu = config.cpu or config.device == "cpu" or (world_size > 1 and not torch.cuda.is_available())
     _warn_ignored_processes()
     return Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=precision,
         cpu=use_cpu,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -665,6 +668,9 @@ class _Run:
         self.model, self.optimizer, self.train_dl, self.scheduler = prepared_objects[:4]
         self.loaders = dict(zip(loaders, prepared_objects[4:], strict=True))
         self.raw_model = accelerator.unwrap_model(self.model)
+        from .compiling import CompiledForward
+
+        self.forward = CompiledForward(self.model, config.compile)  # the training forward, compiled if asked
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         trainable = _trainable_names(self.model)
 
@@ -762,7 +768,7 @@ class _Run:
         """Forward, backward and (when the accumulation is complete) an optimizer step."""
         accelerator, state = self.accelerator, self.state
         with accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            loss = self.forward(**batch).loss
             mean_loss = accelerator.reduce(loss.detach().float(), "mean").item()
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(

@@ -97,7 +97,7 @@ def test_errors_are_reported_with_the_fix(assets, tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="--model is required"):
         main(["train", "--task", "classification", "--train", "x.csv"])
-    code = main(_train_args(assets, tmp_path / "bf16", "--mixed-precision", "bf16", "--cpu"))
+    code = main(_train_args(assets, tmp_path / "fp16", "--mixed-precision", "fp16", "--cpu"))
     assert code == 1 and "mixed_precision='no'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         code = main(_train_args(assets, tmp_path / "cuda", "--set", "device=cuda"))

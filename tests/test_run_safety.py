@@ -120,7 +120,7 @@ def test_the_lock_is_released_when_training_fails(assets, tmp_path):
     from peftkit.rundir import output_lock
 
     with pytest.raises(RuntimeError, match="mixed_precision"):
-        _train(assets, tmp_path, mixed_precision="bf16", cpu=True)
+        _train(assets, tmp_path, mixed_precision="fp16", cpu=True)
     with output_lock(tmp_path):  # free again
         pass
 

@@ -85,9 +85,10 @@ def test_cuda_refused_where_unavailable(assets, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_refused_on_cpu(assets, tmp_path, precision):
-    # cpu=True: refused on every machine, GPU or not, since the CPU run cannot use it.
-    with pytest.raises(RuntimeError, match=rf"mixed_precision='{precision}' needs a GPU.*mixed_precision='no'"):
+def test_mixed_precision_refused_on_cpu(assets, tmp_path, precision, monkeypatch):
+    # cpu=True: fp16 is refused on every machine, GPU or not; bf16 where the CPU lacks native bfloat16.
+    monkeypatch.setattr("peftkit.precision.cpu_bf16_supported", lambda: False)
+    with pytest.raises(RuntimeError, match=rf"mixed_precision='{precision}' (on the CPU )?needs.*mixed_precision='no'"):
         _train(assets, tmp_path, mixed_precision=precision, cpu=True)
     assert not (tmp_path / "metrics.json").exists()
 

@@ -105,6 +105,17 @@ def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_
     return round(row.predicted_peak / 2**20, 1), ""
 
 
+def step_utilization(model, tokenizer, task_obj, train, config, steps: int, seconds: float, device: str) -> dict[str, Any]:
+    """FLOPs/step, achieved FLOP/s and the fraction of the measured matmul peak (`peftkit.flops`); counted
+    after the peak memory was read. Empty, with a note, where counting fails: the cell stays measured."""
+    from ..flops import cell_columns
+
+    try:
+        return cell_columns(model, tokenizer, task_obj, train, config, steps, seconds, device)
+    except Exception as err:  # noqa: BLE001 - a FLOP count must not fail the measured cell
+        return {"flops_note": f"FLOPs not counted: {type(err).__name__}: {err}"}
+
+
 # --------------------------------------------------------------------------- the cell
 
 
@@ -168,6 +179,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
 
     score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
     row.update(probe.stop())
+    row.update(step_utilization(model, tokenizer, task_obj, data["train"], config, steps, seconds, device))
 
     seq_len = longest_input(task_obj, tokenizer, data["train"], task.max_length)
     predicted, note = predicted_peak_mb(model_path, task.task, spec, config.batch_size, seq_len, device,
