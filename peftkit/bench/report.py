@@ -440,6 +440,22 @@ def metric_floor(rows: list[dict[str, Any]]) -> float:
     return 0.5 if rows and all(r["metric_value"] >= 0.5 for r in rows) else 0.0
 
 
+def spread(values: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Label positions for ``values`` (in their order): as close to each as possible, at least ``gap`` apart,
+    inside [low, high] where they fit."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    placed = [0.0] * len(values)
+    last = None
+    for i in order:  # upwards, each at least gap above the previous
+        placed[i] = max(values[i], low + gap / 2) if last is None else max(values[i], last + gap)
+        last = placed[i]
+    ceiling = high - gap / 2
+    for i in reversed(order):  # downwards from the top, so that none runs off it
+        placed[i] = min(placed[i], ceiling)
+        ceiling = placed[i] - gap
+    return placed
+
+
 def plot_metric_vs_params(results: dict[str, Any], path: Path) -> Path | None:
     """One panel per task, one point per strategy (the mean over seeds, with its 95% interval), each with
     its own marker and colour and its name beside it, so that 12+ strategies stay readable."""
@@ -460,14 +476,19 @@ def plot_metric_vs_params(results: dict[str, Any], path: Path) -> Path | None:
             handles[r["strategy"]] = ax.errorbar(
                 r["trainable_params"], r["metric_value"], yerr=r.get("metric_ci95") or None, fmt=marker, color=colour,
                 markersize=8, markeredgecolor="black", markeredgewidth=0.5, ecolor=colour, capsize=3, label=r["strategy"], zorder=3)
-            ax.annotate(r["strategy"], (r["trainable_params"], r["metric_value"]), xytext=(6, -3), textcoords="offset points",
-                        fontsize=7, color="black", zorder=4)
         untrained = [r for r in everything[task] if _ok(r) and r.get("base_strategy") == "none"]
         for r in untrained:  # the model before training: a level to read the others against
             handles[r["strategy"]] = ax.axhline(r["metric_value"], color="grey", linestyle="--", label=r["strategy"])
         top = max(r["metric_value"] + (r.get("metric_ci95") or 0) for r in rows)
         floor = metric_floor(rows)
-        ax.set_ylim(floor, min(1.0, top + 0.05 * (top - floor) + 0.01))
+        high = min(1.0, top + 0.05 * (top - floor) + 0.01)
+        ax.set_ylim(floor, high)
+        # Names beside the points, moved apart vertically where points crowd (a thin line joins them).
+        placed = spread([r["metric_value"] for r in rows], 0.045 * (high - floor), floor, high)
+        for r, y in zip(rows, placed, strict=True):
+            ax.annotate(r["strategy"], (r["trainable_params"], r["metric_value"]), xytext=(r["trainable_params"] * 1.6, y),
+                        textcoords="data", fontsize=7, va="center", zorder=4,
+                        arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3})
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("trainable parameters (count, log scale)")
