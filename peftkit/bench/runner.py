@@ -323,6 +323,8 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
             continue
         task = suite.task(row["task"])
         spec = suite.strategy(row["strategy"])
+        if row.get("tuned_params"):  # the options the cell trained with (tuning may have chosen some)
+            spec = spec.with_tuned(json.loads(row["tuned_params"]))
         predicted, note = predicted_peak_mb(model_path, task.task, spec, int(row["batch_size"]), int(row["seq_len"]), device,
                                             num_labels=num_labels(row))
         row.setdefault("previous_predicted_peak_memory_mb", row.get("predicted_peak_memory_mb"))
