@@ -678,6 +678,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "serve": ("serve adapters over HTTP", lambda p: _lazy_setup("serve", "setup_serve_parser", p)),
     "export": ("export a checkpoint: merged, ONNX, ONNX int8, or a vLLM-ready LoRA", lambda p: _lazy_setup("export", "setup_export_parser", p)),
     "tune": ("search hyperparameters with Optuna", lambda p: _lazy_setup("tuning", "setup_tune_parser", p)),
+    "compare": ("tune and train several strategies on your data over seeds, and recommend one",
+                lambda p: _lazy_setup("compare", "setup_compare_parser", p)),
 }
 
 

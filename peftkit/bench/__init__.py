@@ -7,7 +7,8 @@
 Modules: `suite` (the YAML schema and its validation), `cell` (one cell, in its own process), `common`
 (what a cell and the baselines share: device, model, data), `results` (results.json / results.csv),
 `measure` (peak memory), `runner` (runs the suite, a cell per process), `report` (results.md
-and the PNG plots), `baselines` (HF Trainer and a hand-written Accelerate loop for one LoRA cell).
+and the PNG plots), `baselines` (HF Trainer and a hand-written Accelerate loop for one LoRA cell),
+`tune` (a suite's search per task and strategy, with `peftkit.tuning`, before its cells).
 
 For peftkit.cli: ``setup_bench_parser(parser)`` fills an existing parser and returns the handler,
 `run_bench`.

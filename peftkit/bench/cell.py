@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, default=None)
     parser.add_argument("--result", required=True, help="write the result row here (JSON)")
     parser.add_argument("--work-dir", default=None, help="checkpoints and logs (default: a temporary directory, removed)")
+    parser.add_argument("--tuned", default=None, help="tuned values (JSON) to train with (peftkit.bench.tune)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     suite = load_suite(args.suite)
+    if args.tuned:
+        suite = suite.with_tuned(args.task, args.strategy, json.loads(args.tuned))
     spec = None if args.strategy in BASELINE_STRATEGIES else suite.strategy(args.strategy)
     key = CellKey(suite.name, args.task, args.strategy, spec.quantization if spec else None, args.seed, args.train_size)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="peftkit-cell-"))

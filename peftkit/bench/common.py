@@ -105,10 +105,17 @@ def load_task_data(task: TaskSpec, train_size: int | None, seed: int):
                 f"The {split} file of task {task.name!r} is missing: {getattr(task, split)}. Set PEFTKIT_DATA_DIR "
                 f"to the folder holding the datasets (see ../shared/data/README.md){f' or use the hub id {task.hub_id}' if task.hub_id else ''}."
             )
-    # No validation split is used (every cell trains for the same budget and is scored on test), so
-    # load_data carves off a single row instead of 10% of the training file.
-    data = load_data(None, task.task, train=task.train, test=task.test, seed=seed, max_train_samples=train_size,
-                     validation_fraction=1e-6, **task.columns)
+    # Cells score on test, not validation. A task tuned without a validation file keeps the tuning split
+    # (HOLDOUT_FRACTION of train, carved with HOLDOUT_SEED as `peftkit tune` carves it) out of every cell;
+    # otherwise load_data carves off a single row instead of 10% of the training file.
+    from ..data import _subset
+    from .suite import HOLDOUT_FRACTION, HOLDOUT_SEED
+
+    data = load_data(None, task.task, train=task.train, validation=task.validation, test=task.test,
+                     seed=HOLDOUT_SEED if task.holdout else seed, max_train_samples=None if task.holdout else train_size,
+                     validation_fraction=HOLDOUT_FRACTION if task.holdout else 1e-6, **task.columns)
+    if task.holdout:
+        data["train"] = _subset(data["train"], train_size, seed)
     test = _fixed_subset(data["test"], task.test_size)
     data = DatasetDict(train=data["train"], test=test)
     if task.prompt_template:

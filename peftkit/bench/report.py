@@ -10,6 +10,7 @@ sweep, ``sweep.png``.
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,94 @@ def _sizes(rows: list[dict[str, Any]]) -> list[Any]:
     return sorted({r.get("train_size") for r in rows}, key=lambda s: (s is None, s or 0))
 
 
+# --------------------------------------------------------------------------- seeds
+
+# Student's t 97.5% quantiles for 1..10 degrees of freedom (a 95% interval of a mean of few seeds).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+# Averaged over a cell's seeds in the tables and plots (the per-seed values stay in results.csv).
+_MEAN_FIELDS = ("trainable_params", "total_params", "trainable_percent", "peak_memory_mb", "predicted_peak_memory_mb",
+                "train_seconds", "samples_per_second", "checkpoint_mb", "eval_seconds", "peak_rss_mb", "seq_len")
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided 95% Student's t quantile for ``df`` degrees of freedom (approximated above 10)."""
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, strategy, quantization, train size): the seeds' mean, in the rows' order.
+
+    The metric gets ``metric_std`` (sample standard deviation), ``metric_ci95`` (half-width of the
+    95% t-interval of the mean; None with one seed) and ``seeds`` (seeds that succeeded); the
+    other numbers are means over the seeds that succeeded. A group whose seeds all failed keeps the
+    first error; one where some failed says how many in ``seed_errors``.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["task"], row["strategy"], row.get("quantization"), row.get("train_size"))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for members in groups.values():
+        ok = [r for r in members if _ok(r)]
+        merged = dict(ok[0] if ok else members[0])
+        merged["seeds"] = len(ok)
+        merged["seed"] = ",".join(str(r.get("seed")) for r in members)
+        values = [float(r["metric_value"]) for r in ok]
+        std = statistics.stdev(values) if len(values) > 1 else None
+        merged["metric_std"] = std
+        merged["metric_ci95"] = None if std is None else t_quantile(len(values) - 1) * std / len(values) ** 0.5
+        if ok:
+            merged["metric_value"] = statistics.mean(values)
+            for name in _MEAN_FIELDS:
+                found = [r[name] for r in ok if isinstance(r.get(name), (int, float))]
+                merged[name] = statistics.mean(found) if found else None
+            failed = [r for r in members if not _ok(r)]
+            merged["seed_errors"] = f"{len(failed)} of {len(members)} seeds failed: {failed[0].get('error')}" if failed else ""
+        out.append(merged)
+    return out
+
+
+def within_noise(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
+    """Whether two aggregated rows' 95% intervals overlap (None when either has a single seed)."""
+    if a.get("metric_ci95") is None or b.get("metric_ci95") is None:
+        return None
+    return abs(a["metric_value"] - b["metric_value"]) <= a["metric_ci95"] + b["metric_ci95"]
+
+
+def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
+    """{(task, strategy, train size): "best mean" / "within noise of X" / "below X (beyond noise)"} for
+    aggregated rows with several seeds: the highest mean is not called the winner when others are within noise."""
+    notes = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if _ok(r) and r["strategy"] not in BASELINE_STRATEGIES and r.get("base_strategy") != "none":
+            groups.setdefault((r["task"], r.get("train_size")), []).append(r)
+    for (task, size), members in groups.items():
+        if not any(r.get("metric_ci95") is not None for r in members):
+            continue
+        best = max(members, key=lambda r: r["metric_value"])
+        for r in members:
+            close = within_noise(r, best)
+            if r is best:
+                tied = [m["strategy"] for m in members if m is not best and within_noise(m, best)]
+                text = "best mean" + (f"; within noise: {', '.join(tied)}" if tied else "; beyond noise of the others"
+                                      if all(within_noise(m, best) is False for m in members if m is not best) else "")
+            elif close is None:
+                text = f"one seed: noise unknown against {best['strategy']}"
+            else:
+                text = f"within noise of {best['strategy']}" if close else f"below {best['strategy']} (beyond noise)"
+            notes[(task, r["strategy"], size)] = text
+    return notes
+
+
+def _metric_text(r: dict[str, Any]) -> str:
+    if not _ok(r):
+        return "—"
+    if r.get("metric_std") is None:
+        return _num(float(r["metric_value"]), 4)
+    return f"{r['metric_value']:.4f} ± {r['metric_std']:.4f}"
+
+
 # --------------------------------------------------------------------------- targets, baselines, planner
 
 
@@ -86,6 +175,7 @@ def target_notes(results: dict[str, Any]) -> dict[tuple[str, str], str]:
     rows = [r for r in results.get("rows", []) if r["task"] == targets["task"] and r["strategy"] not in BASELINE_STRATEGIES]
     largest = max((r.get("train_size") or 0 for r in rows), default=0)
     rows = [r for r in rows if (r.get("train_size") or 0) == largest]
+    rows = aggregate(rows)
     ref = next((r for r in rows if r["strategy"] == targets["reference"] and _ok(r)), None)
     notes = {}
     for name, gap in targets["max_gap"].items():
@@ -97,6 +187,10 @@ def target_notes(results: dict[str, Any]) -> dict[tuple[str, str], str]:
             continue
         diff = 100 * (row["metric_value"] - ref["metric_value"])
         verdict = "met" if -diff <= 100 * gap + 1e-9 else "**missed**"
+        noise = within_noise(row, ref)
+        if noise is not None:  # means of several seeds: say whether the gap is larger than their noise
+            verdict += f" (means of {row['seeds']} and {ref['seeds']} seeds; the gap is " + (
+                "within noise: 95% intervals overlap)" if noise else "beyond noise)")
         notes[(targets["task"], name)] = f"target: within {100 * gap:g} pt of {targets['reference']}: {verdict} ({diff:+.1f} pt)"
     return notes
 
@@ -106,7 +200,7 @@ def baseline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     spec = results.get("baselines")
     if not spec:
         return []
-    rows = [r for r in results.get("rows", []) if r["task"] == spec["task"]]
+    rows = aggregate([r for r in results.get("rows", []) if r["task"] == spec["task"]])
     ours = next((r for r in rows if r["strategy"] == spec["strategy"] and _ok(r)), None)
     out = []
     for name in BASELINE_STRATEGIES:
@@ -162,25 +256,31 @@ def _task_heading(name: str, info: dict[str, Any], rows: list[dict[str, Any]]) -
 
 
 def _task_table(rows: list[dict[str, Any]], metric: str, notes: dict[tuple[str, str], str]) -> list[str]:
+    """One row per strategy (and train size): with several seeds, their mean ± std and whether the
+    difference to the best mean is within noise."""
     sweep = len(_sizes(rows)) > 1
-    seeds = len({r.get("seed") for r in rows}) > 1
-    head = ["strategy"] + (["train size"] if sweep else []) + (["seed"] if seeds else []) + [
+    rows = aggregate(rows)
+    seeds = any(r.get("seeds", 1) > 1 for r in rows)
+    noise = noise_notes(rows)
+    metric = f"{metric} (mean ± std)" if seeds else metric
+    head = ["strategy"] + (["train size"] if sweep else []) + (["seeds"] if seeds else []) + [
         "quantization", "trainable params", "trainable %", "peak memory (MiB)", "predicted peak (MiB)",
         "train time (s)", "samples/s", "checkpoint (MiB)", metric, "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head) - 1)) + "|---|"]
     dates = {str(r.get("run_date", ""))[:10] for r in rows}
     for r in rows:
-        note = notes.get((r["task"], r["strategy"]), "")
-        if r.get("error"):
+        note = "; ".join(x for x in (notes.get((r["task"], r["strategy"]), ""),
+                                     noise.get((r["task"], r["strategy"], r.get("train_size")), ""), r.get("seed_errors")) if x)
+        if not _ok(r):
             note = f"failed: {_short(r['error'])}"
         if len(dates) > 1:  # cells of one table measured in different runs: say which
             note = "; ".join(x for x in (note, f"run {r.get('run_date', '')[:10] or 'first'}") if x)
         cells = [r["strategy"]] + ([_num(r.get("train_size"), thousands=True)] if sweep else []) + (
-            [str(r.get("seed"))] if seeds else []) + [
+            [str(r.get("seeds") or 0)] if seeds else []) + [
             r.get("quantization") or "none", _num(r.get("trainable_params"), thousands=True),
             _num(r.get("trainable_percent"), 3), _num(r.get("peak_memory_mb"), 0), _num(r.get("predicted_peak_memory_mb"), 0),
             _num(r.get("train_seconds"), 1), _num(r.get("samples_per_second"), 1), _num(r.get("checkpoint_mb"), 2),
-            _num(r.get("metric_value"), 4) if _ok(r) else "—", note]
+            _metric_text(r), note]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -224,10 +324,29 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += [_task_heading(task, info, rows), ""] + _task_table(rows, metric, notes) + [""]
         if len(_sizes(rows)) > 1:
             lines += _sweep_table(rows, metric, order) + [""]
-    lines += _baseline_section(results) + _targets_section(results, notes) + _planner_section(results)
+    lines += _tuned_section(results) + _baseline_section(results) + _targets_section(results, notes) + _planner_section(results)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _tuned_section(results: dict[str, Any]) -> list[str]:
+    """The values each tuned (task, strategy) trained with, and how many trials chose them."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results.get("rows", []):
+        if r.get("tuned_params") not in (None, "") and r["strategy"] not in BASELINE_STRATEGIES:
+            seen.setdefault((r["task"], r["strategy"]), r)
+    if not seen:
+        return []
+    lines = ["## Tuned settings", "",
+             "Each tuned strategy was first searched (`peftkit tune`: Optuna TPE, median pruning) on the task's validation "
+             "split, never test; its cells then trained with the best trial's values.", "",
+             "| task | strategy | trials | chosen values | note |", "|---|---|---:|---|---|"]
+    for (task, name), r in seen.items():
+        values = json.loads(r["tuned_params"] or "{}")
+        text = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        lines.append(f"| {task} | {name} | {r.get('tune_trials') or 0} | {text or '—'} | {_short(r.get('tune_error') or '')} |")
+    return lines + [""]
 
 
 def _baseline_section(results: dict[str, Any]) -> list[str]:
@@ -312,35 +431,75 @@ def _largest_size(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("train_size") == largest]
 
 
+def metric_floor(rows: list[dict[str, Any]]) -> float:
+    """The bottom of a task's y-axis: the majority-class rate when the rows record it (``majority_rate``),
+    else 0.5 when every score is above it (a two-class task's chance level), else 0."""
+    rates = [r["majority_rate"] for r in rows if isinstance(r.get("majority_rate"), (int, float))]
+    if rates:
+        return float(min(rates))
+    return 0.5 if rows and all(r["metric_value"] >= 0.5 for r in rows) else 0.0
+
+
+def spread(values: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Label positions for ``values`` (in their order): as close to each as possible, at least ``gap`` apart,
+    inside [low, high] where they fit."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    placed = [0.0] * len(values)
+    last = None
+    for i in order:  # upwards, each at least gap above the previous
+        placed[i] = max(values[i], low + gap / 2) if last is None else max(values[i], last + gap)
+        last = placed[i]
+    ceiling = high - gap / 2
+    for i in reversed(order):  # downwards from the top, so that none runs off it
+        placed[i] = min(placed[i], ceiling)
+        ceiling = placed[i] - gap
+    return placed
+
+
 def plot_metric_vs_params(results: dict[str, Any], path: Path) -> Path | None:
+    """One panel per task, one point per strategy (the mean over seeds, with its 95% interval), each with
+    its own marker and colour and its name beside it, so that 12+ strategies stay readable."""
+    everything = {t: aggregate(rows) for t, rows in task_rows(results).items()}
     tasks = {t: [r for r in _largest_size(rows) if _ok(r) and r["strategy"] not in BASELINE_STRATEGIES and r.get("trainable_params")]
-             for t, rows in task_rows(results).items()}
+             for t, rows in everything.items()}
     tasks = {t: rows for t, rows in tasks.items() if rows}
     if not tasks:
         return None
     from matplotlib.ticker import NullFormatter
 
     style = styles(results)
-    plt, fig, axes = _figure(len(tasks), 4.6)
+    plt, fig, axes = _figure(len(tasks), 5.2, width=6.2)
     handles = {}
     for ax, (task, rows) in zip(axes, tasks.items(), strict=True):
-        for r in rows:
+        for r in sorted(rows, key=lambda r: r["metric_value"]):
             marker, colour = style[r["strategy"]]
-            handles[r["strategy"]] = ax.scatter(r["trainable_params"], r["metric_value"], marker=marker, color=colour,
-                                                s=70, edgecolors="black", linewidths=0.5, label=r["strategy"], zorder=3)
-        untrained = [r for r in task_rows(results)[task] if _ok(r) and r.get("base_strategy") == "none"]
+            handles[r["strategy"]] = ax.errorbar(
+                r["trainable_params"], r["metric_value"], yerr=r.get("metric_ci95") or None, fmt=marker, color=colour,
+                markersize=8, markeredgecolor="black", markeredgewidth=0.5, ecolor=colour, capsize=3, label=r["strategy"], zorder=3)
+        untrained = [r for r in everything[task] if _ok(r) and r.get("base_strategy") == "none"]
         for r in untrained:  # the model before training: a level to read the others against
             handles[r["strategy"]] = ax.axhline(r["metric_value"], color="grey", linestyle="--", label=r["strategy"])
+        top = max(r["metric_value"] + (r.get("metric_ci95") or 0) for r in rows)
+        floor = metric_floor(rows)
+        high = min(1.0, top + 0.05 * (top - floor) + 0.01)
+        ax.set_ylim(floor, high)
+        # Names beside the points, moved apart vertically where points crowd (a thin line joins them).
+        placed = spread([r["metric_value"] for r in rows], 0.045 * (high - floor), floor, high)
+        for r, y in zip(rows, placed, strict=True):
+            ax.annotate(r["strategy"], (r["trainable_params"], r["metric_value"]), xytext=(r["trainable_params"] * 1.6, y),
+                        textcoords="data", fontsize=7, va="center", zorder=4,
+                        arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3})
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("trainable parameters (count, log scale)")
-        ax.set_ylabel(f"{rows[0].get('metric_name')} on test (0-1)")
-        ax.set_title(task)
+        seeds = max(r.get("seeds", 1) for r in rows)
+        ax.set_ylabel(f"{rows[0].get('metric_name')} on test" + (f" (mean of {seeds} seeds, 95% interval)" if seeds > 1 else ""))
+        ax.set_title(f"{task} (y from {floor:g})")
         ax.grid(True, which="both", alpha=0.3)
     order = [n for n in strategy_order(results) if n in handles]
-    fig.legend([handles[n] for n in order], order, loc="center right", title="strategy", fontsize=9)
+    fig.legend([handles[n] for n in order], order, loc="center right", title="strategy", fontsize=8)
     fig.suptitle(f"{results.get('suite')}: test metric vs trainable parameters")
-    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -348,7 +507,7 @@ def plot_metric_vs_params(results: dict[str, Any], path: Path) -> Path | None:
 
 def plot_bars(results: dict[str, Any], path: Path, field: str, xlabel: str, title: str, predicted: str | None = None) -> Path | None:
     """Horizontal bars per strategy, one panel per task; failed cells are named, with no bar."""
-    tasks = {t: _largest_size(rows) for t, rows in task_rows(results).items()}
+    tasks = {t: _largest_size(aggregate(rows)) for t, rows in task_rows(results).items()}
     if not any(isinstance(r.get(field), (int, float)) and not r.get("error") for rows in tasks.values() for r in rows):
         return None
     style = styles(results)
@@ -454,7 +613,8 @@ def readme_markers(suite: str) -> tuple[str, str]:
 def readme_section(results: dict[str, Any], results_dir: str) -> str:
     """"Choosing a strategy": the metric of every strategy per task, its memory and time, and
     which to pick, all computed from results.json (nothing typed by hand)."""
-    tasks = {t: _largest_size([r for r in rows if r["strategy"] not in BASELINE_STRATEGIES]) for t, rows in task_rows(results).items()}
+    tasks = {t: _largest_size(aggregate([r for r in rows if r["strategy"] not in BASELINE_STRATEGIES]))
+             for t, rows in task_rows(results).items()}
     tasks = {t: rows for t, rows in tasks.items() if rows}
     order = [n for n in strategy_order(results) if n not in BASELINE_STRATEGIES]
     run = (results.get("runs") or [{}])[-1]
@@ -469,7 +629,8 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
         ok = [r for r in cells if r and _ok(r)]
         if not any(cells):
             continue
-        metrics = [f"{r['metric_value']:.3f}" if r and _ok(r) else ("failed" if r else "") for r in cells]
+        metrics = [(f"{r['metric_value']:.3f}" + (f" ± {r['metric_std']:.3f}" if r.get("metric_std") is not None else ""))
+                   if r and _ok(r) else ("failed" if r else "") for r in cells]
         percent = statistics.mean(r["trainable_percent"] for r in ok) if ok else None
         memory = statistics.mean(r["peak_memory_mb"] for r in ok) if ok else None
         seconds = statistics.mean(r["train_seconds"] for r in ok) if ok else None

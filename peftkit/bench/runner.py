@@ -78,9 +78,12 @@ def command_line(argv: list[str] | None = None) -> str:
 # --------------------------------------------------------------------------- one cell
 
 
-def _cell_command(suite: Suite, key: CellKey, result: Path, work_dir: Path | None) -> list[str]:
+def _cell_command(suite: Suite, key: CellKey, result: Path, work_dir: Path | None,
+                  tuned: dict[str, Any] | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "peftkit.bench.cell", "--suite", str(suite.path), "--task", key.task,
            "--strategy", key.strategy, "--seed", str(key.seed), "--result", str(result)]
+    if tuned and tuned.get("params"):
+        cmd += ["--tuned", json.dumps(tuned["params"], sort_keys=True)]
     if key.train_size is not None:
         cmd += ["--train-size", str(key.train_size)]
     if work_dir is not None:
@@ -88,8 +91,20 @@ def _cell_command(suite: Suite, key: CellKey, result: Path, work_dir: Path | Non
     return cmd
 
 
-def run_one(suite: Suite, key: CellKey, log_dir: Path, timeout: float | None = None, keep_dir: Path | None = None) -> dict[str, Any]:
-    """Run one cell in a subprocess; always returns a row (with ``error`` when it failed)."""
+def run_one(suite: Suite, key: CellKey, log_dir: Path, timeout: float | None = None, keep_dir: Path | None = None,
+            tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one cell in a subprocess (with the ``tuned`` values, tuned.json's content, when its strategy
+    is tuned); always returns a row (with ``error`` when it failed), holding ``tuned_params`` and ``tune_trials``."""
+    row = _run_cell_process(suite, key, log_dir, timeout, keep_dir, tuned)
+    if tuned is not None:
+        row.update(tuned_params=json.dumps(tuned.get("params") or {}, sort_keys=True), tune_trials=tuned.get("trials", 0))
+        if tuned.get("error"):
+            row["tune_error"] = tuned["error"]
+    return row
+
+
+def _run_cell_process(suite: Suite, key: CellKey, log_dir: Path, timeout: float | None, keep_dir: Path | None,
+                      tuned: dict[str, Any] | None) -> dict[str, Any]:
     safe = key.id().replace("/", "__")
     result = log_dir / f"{safe}.json"
     log = log_dir / f"{safe}.log"
@@ -99,7 +114,7 @@ def run_one(suite: Suite, key: CellKey, log_dir: Path, timeout: float | None = N
     error = None
     try:
         with log.open("w") as out:
-            proc = subprocess.run(_cell_command(suite, key, result, work), stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.run(_cell_command(suite, key, result, work, tuned), stdout=out, stderr=subprocess.STDOUT,
                                   env=env, timeout=timeout)
         returncode = proc.returncode
     except subprocess.TimeoutExpired:
@@ -132,18 +147,24 @@ def select_cells(suite: Suite, tasks: list[str] | None = None, strategies: list[
     return [k for k in suite.cells() if (not tasks or k.task in tasks) and (not strategies or k.strategy in strategies)]
 
 
-def stale_reason(suite: Suite, row: dict[str, Any]) -> str | None:
-    """Why a finished row no longer matches the suite file (its lr or options changed), else None.
+def stale_reason(suite: Suite, row: dict[str, Any], tuned: dict[str, Any] | None = None) -> str | None:
+    """Why a finished row no longer matches the suite file (its lr or options changed, it was not
+    tuned and now is), else None. ``tuned``: the tuned values its strategy trains with now (tuned.json).
 
     Baseline rows re-train the suite's baseline strategy, so they compare against that one.
     """
     name = row["strategy"]
-    if name in BASELINE_STRATEGIES and suite.baselines:
-        name = suite.baselines["strategy"]
+    if name in BASELINE_STRATEGIES and not suite.baselines:
+        return None
     try:
-        spec = suite.strategy(name)
+        spec = suite.tuned_for(name)
     except SuiteError:
         return None  # no longer in the suite: never selected, so never re-run
+    if spec.tune and row.get("status") == "ok":
+        if row.get("tuned_params") in (None, ""):
+            return "not tuned yet"
+        params = (tuned or {}).get("params") or json.loads(row.get("tuned_params") or "{}")
+        spec = spec.with_tuned(params)
     want_lr = spec.learning_rate()
     if want_lr is None:
         return None
@@ -155,10 +176,13 @@ def stale_reason(suite: Suite, row: dict[str, Any]) -> str | None:
     return None
 
 
-def pending_cells(suite: Suite, cells: list[CellKey], done: dict[str, dict[str, Any]],
-                  retry_failed: bool = False) -> tuple[list[CellKey], dict[str, str]]:
-    """The cells to run: not done yet, failed (with ``retry_failed``), or stale; and why each stale one is."""
-    stale = {k.id(): why for k in cells if k.id() in done and (why := stale_reason(suite, done[k.id()]))}
+def pending_cells(suite: Suite, cells: list[CellKey], done: dict[str, dict[str, Any]], retry_failed: bool = False,
+                  tuned: dict[tuple[str, str], dict[str, Any]] | None = None) -> tuple[list[CellKey], dict[str, str]]:
+    """The cells to run: not done yet, failed (with ``retry_failed``), or stale; and why each stale one is.
+    ``tuned``: {(task, strategy): tuned.json} of the searches already finished."""
+    tuned = tuned or {}
+    stale = {k.id(): why for k in cells
+             if k.id() in done and (why := stale_reason(suite, done[k.id()], tuned.get((k.task, k.strategy))))}
     todo = [k for k in cells if k.id() not in done or k.id() in stale or (retry_failed and done[k.id()].get("error"))]
     return todo, stale
 
@@ -192,7 +216,10 @@ def run_suite(
     results = read_results(out)
     done = {CellKey.from_row(r).id(): r for r in results.get("rows", []) if r.get("suite") == suite.name}
     cells = select_cells(suite, tasks, strategies)
-    todo, stale = pending_cells(suite, cells, done, retry_failed)
+    from .tune import cached_tunes, ensure_tuned
+
+    tuned = cached_tunes(suite, out, cells)
+    todo, stale = pending_cells(suite, cells, done, retry_failed, tuned)
     skipped = len(cells) - len(todo)
     run = {"command": command or command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": machine(), "versions": versions(), "cells_run": len(todo), "cells_skipped": skipped, "jobs": jobs}
@@ -204,6 +231,7 @@ def run_suite(
                         for t in suite.tasks}
     results["strategies"] = [s.name for s in suite.strategies]
     results["baselines"], results["targets"] = suite.baselines, suite.targets
+    results["tune"] = {s.name: s.tune for s in suite.strategies if s.tune} or None
     if skipped and progress:
         print(f"peftkit bench: {skipped} cell(s) already in {out / RESULTS_JSON}, skipped.", file=sys.stderr)
     for cell_id, why in stale.items():
@@ -225,17 +253,21 @@ def run_suite(
         write_results(out, results)
 
     write_results(out, {**results, "rows": sorted(done.values(), key=lambda r: order.get(CellKey.from_row(r).id(), len(order)))})
+    for key in todo:  # each (task, strategy) is tuned (or read from its cache) before its first cell
+        if (key.task, key.strategy) not in tuned:
+            tuned[(key.task, key.strategy)] = ensure_tuned(suite, key.task, key.strategy, out, progress)
     with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as tmp:
         log_dir = Path(tmp)
         bar = tqdm(total=len(todo), desc=f"bench {suite.name}", unit="cell", disable=not progress or not todo)
         if jobs <= 1:
             for key in todo:
                 bar.set_postfix_str(f"{key.task}/{key.strategy}" + (f"/n={key.train_size}" if key.train_size else ""))
-                store(run_one(suite, key, log_dir, cell_timeout, keep))
+                store(run_one(suite, key, log_dir, cell_timeout, keep, tuned.get((key.task, key.strategy))))
                 bar.update(1)
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = [pool.submit(run_one, suite, key, log_dir, cell_timeout, keep) for key in todo]
+                futures = [pool.submit(run_one, suite, key, log_dir, cell_timeout, keep, tuned.get((key.task, key.strategy)))
+                           for key in todo]
                 for future in as_completed(futures):
                     store(future.result())
                     bar.update(1)
@@ -291,6 +323,8 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
             continue
         task = suite.task(row["task"])
         spec = suite.strategy(row["strategy"])
+        if row.get("tuned_params"):  # the options the cell trained with (tuning may have chosen some)
+            spec = spec.with_tuned(json.loads(row["tuned_params"]))
         predicted, note = predicted_peak_mb(model_path, task.task, spec, int(row["batch_size"]), int(row["seq_len"]), device,
                                             num_labels=num_labels(row))
         row.setdefault("previous_predicted_peak_memory_mb", row.get("predicted_peak_memory_mb"))

@@ -11,14 +11,17 @@ A suite file (``benchmarks/suites/*.yaml``)::
       hub_id: sentence-transformers/all-MiniLM-L6-v2   # recorded for users who have the hub
     data_dir: ${PEFTKIT_DATA_DIR}    # optional; default: peftkit.data.default_data_dir()
     device: cpu                      # cpu | cuda | auto
-    seeds: [0]
+    seeds: [0, 1, 2]                 # every cell runs once per seed; the report shows mean ± std
     budget: {max_steps: 150, batch_size: 32}   # the same for every cell (any TrainConfig field)
+    tune: {trials: 6, max_steps: 100}          # optional: tune each (task, strategy) first (`TUNE_KEYS`)
     tasks:
       - name: sst2
         task: classification         # classification | token-classification | causal-lm
         hub_id: stanfordnlp/sst2
         train: sst2/train.tsv        # relative to data_dir (validation files are not used)
         test: sst2/test.tsv
+        validation: sst2/dev.tsv     # optional; what tuning scores on (without it, a seeded 10% of
+                                     # train is carved off for tuning and kept out of every cell)
         columns: {text_column: sentence, label_column: label}
         metric: accuracy
         train_size: 4800             # or train_sizes: [64, 256] for a data-size sweep
@@ -26,7 +29,8 @@ A suite file (``benchmarks/suites/*.yaml``)::
         budget: {max_steps: 100}     # optional per-task override, the same for all its cells
     strategies:
       - {name: lora, strategy: lora, options: {r: 8}, lr: 1.0e-3}
-      - {name: lora-4bit, strategy: lora, quantization: 4bit}
+      - {name: lora-4bit, strategy: lora, quantization: 4bit, seeds: [0], tune: false}
+        # (seeds: and tune: override the suite's for one strategy; tune: {trials: 4} merges into it)
     baselines: {task: sst2, strategy: lora}    # optional: HF Trainer and hand-written loop
     targets: {task: sst2, reference: full, max_gap: {lora: 0.005}}   # optional, for the report
       # (targets may also say, under `tried:`, what was done to meet them; the report prints it)
@@ -42,7 +46,7 @@ import importlib.util
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +63,21 @@ BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
 UNTRAINED = "none"
 
 _TOP_KEYS = {"name", "description", "model", "data_dir", "device", "seeds", "budget", "tasks", "strategies",
-             "baselines", "targets"}
+             "baselines", "targets", "tune"}
 _MODEL_KEYS = {"path", "gguf_file", "hub_id"}
-_TASK_KEYS = {"name", "task", "hub_id", "data", "train", "test", "columns", "metric", "train_size", "train_sizes",
+_TASK_KEYS = {"name", "task", "hub_id", "data", "train", "test", "validation", "columns", "metric", "train_size", "train_sizes",
               "test_size", "max_length", "budget", "prompt_template", "max_new_tokens"}
 # load_data's column names and options, over every task (text_column, text_pair_column, label_separator ...)
 _COLUMN_KEYS = {key for attrs in task_catalog().values()
                 for key in [*(f"{c}_column" for c in attrs.get("columns", {})), *attrs.get("options", {})]}
-_STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization"}
+_STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization", "seeds", "tune"}
+# A suite's (or a strategy's) `tune:` section: `peftkit tune`'s settings for the short search run per
+# (task, strategy) before its cells (peftkit.bench.tune). Anything it does not give comes from the budget.
+TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_samples", "eval_steps"}
+# Without a validation file, tuning scores on this fraction of train carved off with this seed (load_data's
+# default fraction), and every cell of the task trains without those rows.
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_SEED = 0
 _BASELINE_KEYS = {"task", "strategy"}
 _TARGET_KEYS = {"task", "reference", "max_gap", "tried"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -102,6 +113,8 @@ class TaskSpec:
     budget: dict[str, Any] = field(default_factory=dict)
     prompt_template: str | None = None
     max_new_tokens: int = 16
+    validation: str | None = None
+    holdout: bool = False  # carve HOLDOUT_FRACTION of train (seed HOLDOUT_SEED) for tuning, out of every cell
 
 
 @dataclass
@@ -111,6 +124,8 @@ class StrategySpec:
     options: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
     quantization: str | None = None
+    seeds: list[int] | None = None  # None: the suite's
+    tune: dict[str, Any] | None = None  # the tune settings for its cells (suite's merged with its own); None: no tuning
 
     def learning_rate(self) -> float | None:
         """The lr its cells train with: the suite's, else the strategy's default (None: nothing trains)."""
@@ -123,6 +138,14 @@ class StrategySpec:
     def options_text(self) -> str:
         """The options as every result row records them (JSON, keys sorted)."""
         return json.dumps(self.options, sort_keys=True)
+
+    def with_tuned(self, params: dict[str, Any]) -> StrategySpec:
+        """This strategy with the tuned values that are its options or its lr (the rest are training options)."""
+        from ..strategies import REGISTRY
+
+        known = set(REGISTRY[self.strategy].options) if self.strategy in REGISTRY else set()
+        options = {**self.options, **{k: v for k, v in params.items() if k in known}}
+        return replace(self, options=options, lr=params.get("lr", self.lr))
 
 
 @dataclass
@@ -139,6 +162,7 @@ class Suite:
     description: str = ""
     baselines: dict[str, str] | None = None
     targets: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None
 
     def task(self, name: str) -> TaskSpec:
         for spec in self.tasks:
@@ -156,6 +180,22 @@ class Suite:
         """The training budget of every cell of ``task``: the suite's, then the task's overrides."""
         return {**self.budget, **task.budget}
 
+    def tuned_for(self, strategy: str) -> StrategySpec:
+        """The spec whose tune settings apply: a baseline re-trains the suite's baseline strategy."""
+        if strategy in BASELINE_STRATEGIES and self.baselines:
+            strategy = self.baselines["strategy"]
+        return self.strategy(strategy)
+
+    def with_tuned(self, task: str, strategy: str, params: dict[str, Any]) -> Suite:
+        """A copy in which ``strategy`` (or the baseline strategy) trains ``task`` with the tuned ``params``:
+        its options and lr in the strategy, every other value in the task's budget."""
+        spec = self.tuned_for(strategy)
+        tuned = spec.with_tuned(params)
+        train = {k: v for k, v in params.items() if k != "lr" and k not in tuned.options}
+        tasks = [replace(t, budget={**t.budget, **train}) if t.name == task else t for t in self.tasks]
+        strategies = [tuned if s.name == spec.name else s for s in self.strategies]
+        return replace(self, tasks=tasks, strategies=strategies)
+
     def cells(self) -> list[CellKey]:
         """Every cell of the suite in a stable order; the baselines right after the cell they
         re-train, so that they run under the same conditions as it."""
@@ -163,7 +203,8 @@ class Suite:
         for t in self.tasks:
             for size in t.train_sizes:
                 for s in self.strategies:
-                    for seed in self.seeds:
+                    # the untrained model scores the same whatever the seed: one cell, unless the strategy asks
+                    for seed in s.seeds or (self.seeds[:1] if s.strategy == UNTRAINED else self.seeds):
                         keys.append(CellKey(self.name, t.name, s.name, s.quantization, seed, size))
                         if self.baselines and (t.name, s.name) == (self.baselines["task"], self.baselines["strategy"]) \
                                 and size == t.train_sizes[0]:
@@ -291,7 +332,9 @@ def _parse_task(raw: Any, where: str, data_dir: Path | None) -> TaskSpec:
     if metric not in METRICS[kind]:
         raise SuiteError(f"{where}.metric: {metric!r} is not a metric of {kind}. Valid metrics: {', '.join(METRICS[kind])}.")
     files = {}
-    for split in ("train", "test"):
+    for split in ("train", "test", "validation"):
+        if split == "validation" and raw.get(split) is None:
+            continue
         value = _require(raw, split, where)
         path = Path(value).expanduser()
         if not path.is_absolute():
@@ -328,6 +371,7 @@ def _parse_task(raw: Any, where: str, data_dir: Path | None) -> TaskSpec:
         test_size=None if raw.get("test_size") is None else _positive_int(raw["test_size"], f"{where}.test_size"),
         budget=_budget(raw.get("budget"), f"{where}.budget"), prompt_template=template,
         max_new_tokens=_positive_int(raw.get("max_new_tokens", 16), f"{where}.max_new_tokens"),
+        validation=files.get("validation"),
     )
 
 
@@ -358,7 +402,52 @@ def _parse_strategy(raw: Any, where: str) -> StrategySpec:
         lr = float(_typed(lr, f"{where}.lr", (int, float)))
         if lr <= 0:
             raise SuiteError(f"{where}.lr: must be positive, got {lr}.")
-    return StrategySpec(name=str(name), strategy=strategy, options=dict(options), lr=lr, quantization=quant)
+    seeds = None if raw.get("seeds") is None else _seeds(raw["seeds"], f"{where}.seeds")
+    return StrategySpec(name=str(name), strategy=strategy, options=dict(options), lr=lr, quantization=quant, seeds=seeds,
+                        tune=raw.get("tune"))
+
+
+def _seeds(raw: Any, where: str) -> list[int]:
+    seeds = [_typed(s, f"{where}[{i}]", int) for i, s in enumerate(_typed(raw, where, list))]
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise SuiteError(f"{where}: give one or more different seeds, each 0 or above (e.g. seeds: [0, 1, 2]); got {raw!r}.")
+    return seeds
+
+
+def _tune_settings(raw: Any, where: str) -> dict[str, Any]:
+    """A `tune:` section checked: known keys, positive counts, a search space `peftkit.tuning` accepts."""
+    from ..tuning import SearchSpaceError, parse_search
+
+    _typed(raw, where, dict)
+    _check_keys(raw, TUNE_KEYS, where)
+    for key in ("trials", "max_steps", "max_eval_samples", "eval_steps"):
+        if key in raw:
+            _positive_int(raw[key], f"{where}.{key}")
+    if raw.get("timeout") is not None and _typed(raw["timeout"], f"{where}.timeout", (int, float)) <= 0:
+        raise SuiteError(f"{where}.timeout: give a positive number of seconds, got {raw['timeout']!r}.")
+    if raw.get("pruner", "median") not in ("median", "halving", "none"):
+        raise SuiteError(f"{where}.pruner: {raw['pruner']!r} is not one of median, halving, none.")
+    try:
+        parse_search(_typed(raw.get("search") or {}, f"{where}.search", dict))
+    except SearchSpaceError as err:
+        raise SuiteError(f"{where}.search: {err}") from None
+    return dict(raw)
+
+
+def _resolve_tuning(raw_suite: Any, strategies: list[StrategySpec], where: str) -> dict[str, Any] | None:
+    """Each strategy's tune settings: the suite's `tune:` merged with its own (`tune: false` turns it off)."""
+    base = None if raw_suite in (None, False) else _tune_settings(raw_suite, f"{where}.tune")
+    for i, spec in enumerate(strategies):
+        own, spot = spec.tune, f"{where}.strategies[{i}].tune"
+        if own is False or spec.strategy == UNTRAINED or (own is None and base is None):
+            spec.tune = None
+            continue
+        merged = {**(base or {}), **({} if own in (None, True) else _tune_settings(own, spot))}
+        merged["search"] = {**(base or {}).get("search", {}), **(merged.get("search") or {})}
+        if not merged.get("search"):
+            merged.pop("search")
+        spec.tune = _tune_settings(merged, spot)
+    return base
 
 
 def parse_suite(raw: Any, path: Path) -> Suite:
@@ -389,8 +478,22 @@ def parse_suite(raw: Any, path: Path) -> Suite:
         dupes = sorted({n for n in items if items.count(n) > 1})
         if dupes:
             raise SuiteError(f"{where}: duplicate {label} name(s) {', '.join(dupes)}; give each a unique name:.")
-    seeds = raw.get("seeds", [0])
-    seeds = [_typed(s, f"{where}.seeds[{i}]", int) for i, s in enumerate(_typed(seeds, f"{where}.seeds", list))]
+    seeds = _seeds(raw.get("seeds", [0]), f"{where}.seeds")
+    tune = _resolve_tuning(raw.get("tune"), strategies, where)
+    tuned_tasks = any(s.tune for s in strategies)
+    for t in tasks:
+        t.holdout = tuned_tasks and t.validation is None
+        if tuned_tasks and t.task == "causal-lm":
+            raise SuiteError(f"{where}.tasks: {t.name} is a causal-lm task, which suites do not tune yet; tune the "
+                             "classification and token-classification tasks in a suite of their own.")
+    for spec in (s for s in strategies if s.tune):
+        for t in tasks:  # a search key the strategy lacks, or head_lr for a task without a head: refused now
+            try:
+                from ..tuning import search_space
+
+                search_space(spec.strategy, t.task, spec.tune.get("search"))
+            except ValueError as err:
+                raise SuiteError(f"{where}: strategy {spec.name} on task {t.name}: {err}") from None
     device = raw.get("device", "cpu")
     if device not in DEVICES:
         raise SuiteError(f"{where}.device: {device!r} is not one of {', '.join(DEVICES)}.")
@@ -398,7 +501,7 @@ def parse_suite(raw: Any, path: Path) -> Suite:
     if not any(k in budget for k in ("max_steps", "epochs")):
         raise SuiteError(f"{where}.budget: give max_steps or epochs, the same for every cell (e.g. budget: {{max_steps: 100}}).")
     suite = Suite(name=name, path=path, model=model_spec, tasks=tasks, strategies=strategies, budget=budget,
-                  seeds=seeds, device=device, data_dir=data_dir, description=str(raw.get("description", "")))
+                  seeds=seeds, device=device, data_dir=data_dir, description=str(raw.get("description", "")), tune=tune)
     suite.baselines = _parse_baselines(raw.get("baselines"), f"{where}.baselines", suite)
     suite.targets = _parse_targets(raw.get("targets"), f"{where}.targets", suite)
     return suite
