@@ -27,11 +27,11 @@ BIAS_FREE = {"llama", "t5", "phi3", "mistral", "gemma", "mpt", "mixtral"}
 def refusal(arch: str, task: str, strategy: str) -> str | None:
     """What wrap must say for the combinations that cannot run (seen here), else None.
 
-    - prefix tuning on DeBERTa-v2: it computes attention in its own code, outside transformers'
-      AttentionInterface, where neither PEFT's prefixes (past_key_values) nor ours can go;
+    - prefix tuning on DeBERTa-v2 and MPNet: they compute attention in their own code, outside
+      transformers' AttentionInterface, where neither PEFT's prefixes (past_key_values) nor ours can go;
     - prompt tuning on BART's classification head, which takes no ``inputs_embeds``.
     """
-    if strategy == "prefix" and arch == "deberta-v2":
+    if strategy == "prefix" and arch in ("deberta-v2", "mpnet"):
         return "computes attention in its own code"
     if strategy == "prompt" and (arch, task) == ("bart", "classification"):
         return "PEFT cannot apply .* to "
