@@ -24,6 +24,7 @@ class Task:
     main_metric: str = ""
     greater_is_better: bool = True
     labels_are_classes: bool = False  # "labels" hold class ids (not generated tokens)
+    next_token_labels: bool = False  # the logits at position i predict label i+1 (causal LM)
 
     def chance_loss(self, prepared) -> float | None:
         """The loss of always predicting a prepared training split's label frequencies (their

@@ -42,6 +42,7 @@ class CausalLMTask(Task):
     ``use_chat_template``: None (default) uses the tokenizer's chat template when it has one."""
 
     name = "causal-lm"
+    next_token_labels = True
     main_metric = "eval_loss"
     greater_is_better = False
 
