@@ -28,6 +28,7 @@ RECIPES = {
     "lora_classify": "text classification with LoRA (any strategy); runs a packaged demo with no arguments",
     "ner": "token classification (CoNLL format, e.g. CoNLL-2003) with any strategy",
     "sft": "causal-LM supervised fine-tuning (prompt -> response), LoRA or QLoRA (--quantization 4bit)",
+    "distill": "train a full fine-tuned teacher, then distill it into a small-budget student of any strategy",
 }
 
 
