@@ -26,6 +26,15 @@ from peftkit.tasks import get_task
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def step(model, batch, adversary, loss_of, accelerator, optimizer) -> None:
+    """One training step as the loop runs it (`peftkit.training._Run._step`), without its bookkeeping."""
+    with adversary.clean_pass():
+        accelerator.backward(loss_of(model, batch))
+    adversary.attack(lambda: loss_of(model, batch))
+    optimizer.step()
+    optimizer.zero_grad()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
@@ -35,10 +44,21 @@ def main() -> None:
     from accelerate import Accelerator
 
     task = get_task("classification")
-    data = load_data(None, "classification", train=str(default_data_dir() / "sst2/train.tsv"), text_column="sentence",
-                     max_train_samples=32, validation_fraction=1e-6)
-    settings = {"plain": {}, "fgm": {"method": "fgm"}, "pgd": {"method": "pgd"}, "freelb": {"method": "freelb"},
-                "distill": {"teacher": True}}
+    data = load_data(
+        None,
+        "classification",
+        train=str(default_data_dir() / "sst2/train.tsv"),
+        text_column="sentence",
+        max_train_samples=32,
+        validation_fraction=1e-6,
+    )
+    settings = {
+        "plain": {},
+        "fgm": {"method": "fgm"},
+        "pgd": {"method": "pgd"},
+        "freelb": {"method": "freelb"},
+        "distill": {"teacher": True},
+    }
     teacher = peftkit.load_model(MODEL, task="classification", labels=["0", "1"])[0]
     results = {}
     for name, setting in settings.items():
@@ -53,26 +73,32 @@ def main() -> None:
         loss_of = Distiller(teacher if setting.get("teacher") else None, 0.5, 2.0, task, accelerator)
         model.train()
 
-        def step():
-            with adversary.clean_pass():
-                accelerator.backward(loss_of(model, batch))
-            adversary.attack(lambda: loss_of(model, batch))
-            optimizer.step()
-            optimizer.zero_grad()
-
-        step()  # warm-up
+        parts = (model, batch, adversary, loss_of, accelerator, optimizer)
+        step(*parts)  # warm-up
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
-            step()
-        results[name] = {"wall_s": round((time.perf_counter() - wall) / args.steps, 3),
-                         "cpu_s": round((time.process_time() - cpu) / args.steps, 3)}
+            step(*parts)
+        results[name] = {
+            "wall_s": round((time.perf_counter() - wall) / args.steps, 3),
+            "cpu_s": round((time.process_time() - cpu) / args.steps, 3),
+        }
         adversary.remove()
         print(name, results[name], flush=True)
     for row in results.values():
         row["cpu_ratio"] = round(row["cpu_s"] / results["plain"]["cpu_s"], 2)
         row["wall_ratio"] = round(row["wall_s"] / results["plain"]["wall_s"], 2)
-    print(json.dumps({"strategy": args.strategy, "batch": list(batch["input_ids"].shape), "adv_steps": args.adv_steps,
-                      "torch_threads": torch.get_num_threads(), "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "strategy": args.strategy,
+                "batch": list(batch["input_ids"].shape),
+                "adv_steps": args.adv_steps,
+                "torch_threads": torch.get_num_threads(),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def input_embeddings(model: nn.Module) -> nn.Module:
     except (AttributeError, NotImplementedError):
         module = None
     if not isinstance(module, nn.Module):
-        raise ValueError(f"adversarial training perturbs the input embeddings, and {type(target).__name__} has no "
-                         "get_input_embeddings(); train it without adversarial (adversarial=None).")
+        raise ValueError(
+            f"adversarial training perturbs the input embeddings, and {type(target).__name__} has no "
+            "get_input_embeddings(); train it without adversarial (adversarial=None)."
+        )
     return module
 
 
@@ -109,7 +111,15 @@ class EmbeddingPerturbation:
 class Adversary:
     """The adversarial part of one training step (see the module docstring); ``method=None`` does nothing."""
 
-    def __init__(self, model: nn.Module, accelerator, method: str | None, epsilon: float, steps: int, alpha: float | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        accelerator,
+        method: str | None,
+        epsilon: float,
+        steps: int,
+        alpha: float | None,
+    ):
         self.model, self.accelerator, self.method = model, accelerator, method
         self.epsilon, self.steps = float(epsilon), int(steps)
         self.alpha = float(alpha) if alpha is not None else self.epsilon / max(1, self.steps)
@@ -133,8 +143,10 @@ class Adversary:
             return
         grads = [d.grad if d.grad is not None else torch.zeros_like(d) for d in self.hook.take()]
         if not grads:
-            raise RuntimeError("adversarial training: the input embeddings were not called in the forward pass, so "
-                               "there is nothing to perturb; train this model with adversarial=None.")
+            raise RuntimeError(
+                "adversarial training: the input embeddings were not called in the forward pass, so "
+                "there is nothing to perturb; train this model with adversarial=None."
+            )
         if self.method == "fgm":
             deltas = [self.epsilon * _unit(g) for g in grads]
             with self.hook.active(deltas):
@@ -142,7 +154,10 @@ class Adversary:
             return
         deltas = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
         for k in range(self.steps):
-            deltas = [_project(d + self.alpha * _unit(g), self.epsilon).requires_grad_() for d, g in zip(deltas, grads, strict=True)]
+            deltas = [
+                _project(d + self.alpha * _unit(g), self.epsilon).requires_grad_()
+                for d, g in zip(deltas, grads, strict=True)
+            ]
             last = k == self.steps - 1
             with nullcontext() if last else self._no_sync(), self.hook.active(deltas):
                 loss = loss_of()

@@ -74,7 +74,11 @@ def _labels(model: nn.Module) -> dict[int, str]:
 def _vocab_size(model: nn.Module) -> int | None:
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(out, "weight", None)
-    return int(weight.shape[0]) if weight is not None else getattr(getattr(model, "config", None), "vocab_size", None)
+    return (
+        int(weight.shape[0])
+        if weight is not None
+        else getattr(getattr(model, "config", None), "vocab_size", None)
+    )
 
 
 def check_compatible(student: nn.Module, teacher: nn.Module, task) -> None:
@@ -118,8 +122,11 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
     total = student.new_zeros((), dtype=torch.float32)
     for i in range(0, n, rows):
         s, t = student[i : i + rows], teacher[i : i + rows]
-        total = total + (checkpoint(_kl_rows, s, t, temperature, use_reentrant=False) if s.requires_grad
-                         else _kl_rows(s, t, temperature))
+        total = total + (
+            checkpoint(_kl_rows, s, t, temperature, use_reentrant=False)
+            if s.requires_grad
+            else _kl_rows(s, t, temperature)
+        )
     return total / n
 
 
@@ -140,7 +147,12 @@ class Distiller:
     """``loss_of(model, batch)``: the task loss, mixed with the teacher's soft targets when there is one."""
 
     def __init__(self, teacher: nn.Module | None, alpha: float, temperature: float, task, accelerator=None):
-        self.teacher, self.alpha, self.temperature, self.accelerator = teacher, float(alpha), float(temperature), accelerator
+        self.teacher, self.alpha, self.temperature, self.accelerator = (
+            teacher,
+            float(alpha),
+            float(temperature),
+            accelerator,
+        )
         self.shifted = bool(getattr(task, "next_token_labels", False))
         self._batch: dict | None = None
         self._teacher_logits: torch.Tensor | None = None
@@ -154,7 +166,11 @@ class Distiller:
         """The teacher's logits for ``batch``, computed once per batch object."""
         if batch is not self._batch:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
-            autocast = self.accelerator.autocast() if self.accelerator is not None else torch.autocast("cpu", enabled=False)
+            autocast = (
+                self.accelerator.autocast()
+                if self.accelerator is not None
+                else torch.autocast("cpu", enabled=False)
+            )
             with torch.no_grad(), autocast:
                 self._teacher_logits = self.teacher(**inputs).logits.detach()
             self._batch = batch
@@ -166,6 +182,12 @@ class Distiller:
         teacher = self.teacher_logits(batch)
         out = model(**batch)
         labels = batch.get("labels")
-        student_rows, teacher_rows = _kept(out.logits, labels, self.shifted), _kept(teacher, labels, self.shifted)
-        soft = distill_kl(student_rows, teacher_rows.to(student_rows.dtype), self.temperature) * self.temperature**2
+        student_rows, teacher_rows = (
+            _kept(out.logits, labels, self.shifted),
+            _kept(teacher, labels, self.shifted),
+        )
+        soft = (
+            distill_kl(student_rows, teacher_rows.to(student_rows.dtype), self.temperature)
+            * self.temperature**2
+        )
         return (1 - self.alpha) * out.loss + self.alpha * soft

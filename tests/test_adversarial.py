@@ -12,7 +12,9 @@ from peftkit.adversarial import METHODS, Adversary, EmbeddingPerturbation
 
 # Every strategy (AdaLoRA needs its budget schedule: LoRA's mechanism); prefix tuning needs a model with a
 # key/value cache: GPT-2 for causal LM.
-STRATEGY_TASKS = [(s, "causal-lm" if s == "prefix" else "classification") for s in peftkit.STRATEGIES if s != "adalora"]
+STRATEGY_TASKS = [
+    (s, "causal-lm" if s == "prefix" else "classification") for s in peftkit.STRATEGIES if s != "adalora"
+]
 TASK_ARCH = {"classification": "bert", "token-classification": "bert", "causal-lm": "gpt2"}
 
 
@@ -22,7 +24,8 @@ def tiny_model(task: str, arch: str | None = None, seed: int = 0):
 
     arch = arch or TASK_ARCH[task]
     drop = {"gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)}.get(
-        arch, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0))
+        arch, dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    )
     torch.manual_seed(seed)
     return auto_class(task).from_config(tiny_config(arch, **drop))
 
@@ -49,7 +52,9 @@ def one_step(model, batch, method: str | None, **kw):
     accelerator = Accelerator(cpu=True)
     model.train()
     model.zero_grad(set_to_none=True)
-    adversary = Adversary(model, accelerator, method, kw.get("epsilon", 1.0), kw.get("steps", 2), kw.get("alpha"))
+    adversary = Adversary(
+        model, accelerator, method, kw.get("epsilon", 1.0), kw.get("steps", 2), kw.get("alpha")
+    )
     losses = []
 
     def loss_of():
@@ -77,7 +82,9 @@ def test_adversarial_step_changes_loss_and_update_for_every_strategy(strategy, t
     assert losses[0] == pytest.approx(plain_losses[0])  # the clean pass is the plain one
     assert losses[1] > losses[0]  # the perturbation goes up the loss
     assert plain.keys() == grads.keys() and plain
-    assert any(not torch.allclose(plain[n], grads[n]) for n in plain), "the adversarial pass added no gradient"
+    assert any(not torch.allclose(plain[n], grads[n]) for n in plain), (
+        "the adversarial pass added no gradient"
+    )
 
 
 @pytest.mark.parametrize("task", list(TASK_ARCH))
@@ -139,7 +146,9 @@ def test_no_perturbation_outside_training(strategy):
     with torch.no_grad():
         before = model(**batch).logits
     hook = EmbeddingPerturbation(model)
-    big = [torch.randn(4, 10, 32, generator=torch.Generator().manual_seed(0)) * 5]  # (a constant: LayerNorm undoes it)
+    big = [
+        torch.randn(4, 10, 32, generator=torch.Generator().manual_seed(0)) * 5
+    ]  # (a constant: LayerNorm undoes it)
     with torch.no_grad(), hook.active(big):  # even while a delta is set, eval mode is left alone
         during = model(**batch).logits
     with torch.no_grad():

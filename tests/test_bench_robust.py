@@ -31,7 +31,9 @@ strategies:
 
 def _suite(tmp_path: Path, text: str = SUITE, root: Path | None = None) -> Path:
     root = root or tmp_path
-    return write_suite(tmp_path / "r.yaml", text.replace("MODEL", str(root / "model")).replace("DATA", str(root / "data")))
+    return write_suite(
+        tmp_path / "r.yaml", text.replace("MODEL", str(root / "model")).replace("DATA", str(root / "data"))
+    )
 
 
 def test_suite_reads_perturb_train_and_teacher(tmp_path):
@@ -41,14 +43,17 @@ def test_suite_reads_perturb_train_and_teacher(tmp_path):
     assert suite.strategy("lora-kd").teacher == "teacher"
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {kind: emoji}", "noise kind 'emoji'"),
-    ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {rate: 3}", "noise rate 3"),
-    ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {level: 1}", "unknown key(s) level"),
-    ("train: {adversarial: fgm}", "train: {adversary: fgm}", "unknown key(s) adversary"),
-    ("teacher: teacher,", "teacher: nobody,", "no strategy named 'nobody'"),
-    ("teacher: teacher,", "teacher: lora-kd,", "cannot teach 'lora-kd'"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {kind: emoji}", "noise kind 'emoji'"),
+        ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {rate: 3}", "noise rate 3"),
+        ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {level: 1}", "unknown key(s) level"),
+        ("train: {adversarial: fgm}", "train: {adversary: fgm}", "unknown key(s) adversary"),
+        ("teacher: teacher,", "teacher: nobody,", "no strategy named 'nobody'"),
+        ("teacher: teacher,", "teacher: lora-kd,", "cannot teach 'lora-kd'"),
+    ],
+)
 def test_suite_validation(tmp_path, old, new, message):
     with pytest.raises(SuiteError) as info:
         load_suite(_suite(tmp_path, SUITE.replace(old, new)))

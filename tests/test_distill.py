@@ -19,7 +19,9 @@ from peftkit.tasks import get_task
 
 
 def reference_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean"
+    )
 
 
 def test_chunked_kl_matches_the_plain_one_with_its_gradient(monkeypatch):
@@ -77,18 +79,32 @@ def test_mismatched_labels_or_vocabulary_refused():
     from peftkit.introspect import auto_class
 
     def labelled(names):
-        return auto_class("classification").from_config(tiny_config("bert", num_labels=len(names), id2label=dict(enumerate(names)),
-                                                                     label2id={n: i for i, n in enumerate(names)}))
+        return auto_class("classification").from_config(
+            tiny_config(
+                "bert",
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+            )
+        )
 
     task = get_task("classification")
     check_compatible(labelled(["neg", "pos"]), labelled(["neg", "pos"]), task)
-    check_compatible(labelled(["neg", "pos"]), auto_class("classification").from_config(tiny_config("bert", num_labels=2)), task)
-    with pytest.raises(ValueError, match=r"teacher's labels \['pos', 'neg'\] differ from the student's \['neg', 'pos'\]"):
+    check_compatible(
+        labelled(["neg", "pos"]),
+        auto_class("classification").from_config(tiny_config("bert", num_labels=2)),
+        task,
+    )
+    with pytest.raises(
+        ValueError, match=r"teacher's labels \['pos', 'neg'\] differ from the student's \['neg', 'pos'\]"
+    ):
         check_compatible(labelled(["neg", "pos"]), labelled(["pos", "neg"]), task)
     with pytest.raises(ValueError, match="teacher's labels"):
         check_compatible(labelled(["neg", "pos"]), labelled(["neg", "pos", "mixed"]), task)
     small = auto_class("causal-lm").from_config(tiny_config("gpt2", vocab_size=80))
-    with pytest.raises(ValueError, match=r"teacher's vocabulary \(80 tokens\) differs from the student's \(96\)"):
+    with pytest.raises(
+        ValueError, match=r"teacher's vocabulary \(80 tokens\) differs from the student's \(96\)"
+    ):
         check_compatible(tiny_model("causal-lm"), small, get_task("causal-lm"))
 
 
@@ -120,17 +136,26 @@ def assets(tmp_path_factory):
     if minilm_path() is None:
         pytest.skip("needs the packaged MiniLM tokenizer")
     root = tmp_path_factory.mktemp("distill")
-    return {"model": save_tiny_model(root / "tiny-bert"), "data": write_sentiment_csv(root / "data"), "root": root}
+    return {
+        "model": save_tiny_model(root / "tiny-bert"),
+        "data": write_sentiment_csv(root / "data"),
+        "root": root,
+    }
 
 
 def _train(assets, out, strategy="lora", **config):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(0)
-    model = peftkit.wrap(AutoModelForSequenceClassification.from_pretrained(assets["model"]), strategy) if strategy != "full" \
+    model = (
+        peftkit.wrap(AutoModelForSequenceClassification.from_pretrained(assets["model"]), strategy)
+        if strategy != "full"
         else AutoModelForSequenceClassification.from_pretrained(assets["model"])
+    )
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])
-    config = peftkit.TrainConfig(output_dir=str(out), max_steps=3, batch_size=8, progress=False, lr=5e-3, **config)
+    config = peftkit.TrainConfig(
+        output_dir=str(out), max_steps=3, batch_size=8, progress=False, lr=5e-3, **config
+    )
     return peftkit.train(model, tokenizer, load_sentiment(assets["data"]), config), model
 
 
@@ -152,17 +177,48 @@ def test_cli_and_yaml_options(assets, tmp_path):
     from peftkit.cli import add_train_arguments, main, parse_with_config, train_config_from_args
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("adversarial: pgd\nadv_steps: 3\nadv_epsilon: 0.5\nteacher: some/dir\ndistill_alpha: 0.3\n")
+    cfg.write_text(
+        "adversarial: pgd\nadv_steps: 3\nadv_epsilon: 0.5\nteacher: some/dir\ndistill_alpha: 0.3\n"
+    )
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    args = parse_with_config(parser, ["--config", str(cfg), "--adv-alpha", "0.2", "--distill-temperature", "4"])
+    args = parse_with_config(
+        parser, ["--config", str(cfg), "--adv-alpha", "0.2", "--distill-temperature", "4"]
+    )
     config = train_config_from_args(args)
-    assert (config.adversarial, config.adv_steps, config.adv_epsilon, config.adv_alpha) == ("pgd", 3, 0.5, 0.2)
+    assert (config.adversarial, config.adv_steps, config.adv_epsilon, config.adv_alpha) == (
+        "pgd",
+        3,
+        0.5,
+        0.2,
+    )
     assert (config.teacher, config.distill_alpha, config.distill_temperature) == ("some/dir", 0.3, 4.0)
     d, out = assets["data"], tmp_path / "cli"
-    argv = ["train", "--model", str(assets["model"]), "--task", "classification", "--train", str(d / "train.csv"),
-            "--validation", str(d / "validation.csv"), "--strategy", "bitfit", "--max-steps", "2", "--batch-size", "8",
-            "--output", str(out), "--adversarial", "freelb", "--adv-steps", "2", "--teacher", str(assets["model"])]
+    argv = [
+        "train",
+        "--model",
+        str(assets["model"]),
+        "--task",
+        "classification",
+        "--train",
+        str(d / "train.csv"),
+        "--validation",
+        str(d / "validation.csv"),
+        "--strategy",
+        "bitfit",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--adversarial",
+        "freelb",
+        "--adv-steps",
+        "2",
+        "--teacher",
+        str(assets["model"]),
+    ]
     assert main(argv) == 0
     saved = (out / "run_config.yaml").read_text()
     assert "adversarial: freelb" in saved and "teacher:" in saved

@@ -41,3 +41,22 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path)
     assert b["losses"] == pytest.approx(a["losses"], abs=1e-4)
     for key, value in a["metrics"].items():
         assert b["metrics"][key] == pytest.approx(value, abs=0.02), key
+
+
+@pytest.mark.slow
+def test_adversarial_training_in_two_processes_matches_one_process(tmp_path):
+    """FGM's perturbation is normalised per example, so splitting the batch across processes
+    (each normalising its own examples; one gradient all-reduce per step) changes nothing."""
+    model = save_tiny_model(tmp_path / "tiny", dropout=0.0)
+    data = write_sentiment_csv(tmp_path / "data")
+    common = ["--model", str(model), "--data", str(data), "--epochs", "1", "--adversarial", "fgm"]
+    worker = str(ROOT / "tests/helpers_training.py")
+    one = run([sys.executable, worker, *common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
+               worker, *common, "--output", str(tmp_path / "two"), "--batch-size", "4"], env={"ACCELERATE_USE_CPU": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = parse_result(one.stdout), parse_result(two.stdout)
+    assert len(a["losses"]) == len(b["losses"]) == 8
+    assert b["losses"] == pytest.approx(a["losses"], abs=1e-4)
