@@ -5,7 +5,8 @@
 The packaged MiniLM, a batch of 32 SST-2 sentences (max length 64), CPU: the training loop's
 step (`peftkit.training._Run._step`'s parts: the clean forward + backward, `Adversary.attack`,
 the optimizer step) timed over ``--steps`` steps after one warm-up step, in wall-clock and in
-CPU seconds (the CPU time stays meaningful on a shared machine). Expected: FGM about 2x, PGD /
+CPU seconds, and the floating-point operations of one step (torch's FlopCounterMode: the same on
+a busy machine as on an idle one). Expected: FGM about 2x, PGD /
 FreeLB with K steps about (K+1)x; distillation adds one teacher forward (no backward).
 """
 
@@ -16,6 +17,7 @@ import json
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import peftkit
 from peftkit.adversarial import Adversary
@@ -82,11 +84,17 @@ def main() -> None:
             "wall_s": round((time.perf_counter() - wall) / args.steps, 3),
             "cpu_s": round((time.process_time() - cpu) / args.steps, 3),
         }
+        with FlopCounterMode(
+            display=False
+        ) as flops:  # the same step's floating-point operations: load-independent
+            step(*parts)
+        results[name]["gflops"] = round(flops.get_total_flops() / 1e9, 2)
         adversary.remove()
         print(name, results[name], flush=True)
     for row in results.values():
         row["cpu_ratio"] = round(row["cpu_s"] / results["plain"]["cpu_s"], 2)
         row["wall_ratio"] = round(row["wall_s"] / results["plain"]["wall_s"], 2)
+        row["flops_ratio"] = round(row["gflops"] / results["plain"]["gflops"], 2)
     print(
         json.dumps(
             {
