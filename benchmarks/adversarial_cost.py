@@ -30,6 +30,7 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 def step(model, batch, adversary, loss_of, accelerator, optimizer) -> None:
     """One training step as the loop runs it (`peftkit.training._Run._step`), without its bookkeeping."""
+    batch = dict(batch)  # a new batch object, as the loader gives: the teacher runs once for it
     with adversary.clean_pass():
         accelerator.backward(loss_of(model, batch))
     adversary.attack(lambda: loss_of(model, batch))
