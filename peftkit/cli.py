@@ -28,6 +28,7 @@ RECIPES = {
     "lora_classify": "text classification with LoRA (any strategy); runs a packaged demo with no arguments",
     "ner": "token classification (CoNLL format, e.g. CoNLL-2003) with any strategy",
     "sft": "causal-LM supervised fine-tuning (prompt -> response), LoRA or QLoRA (--quantization 4bit)",
+    "distill": "train a full fine-tuned teacher, then distill it into a small-budget student of any strategy",
 }
 
 
@@ -195,6 +196,17 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
                    "'all' for every one installed (default: none; the logs are always in OUTPUT/train_log.jsonl)")
     p.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even where a GPU is present "
                    f"(default: {_shown(d['cpu'])})")
+    p.add_argument("--adversarial", choices=[*constants("adversarial")["METHODS"], "none"], help="adversarial training "
+                   "on the input embeddings' output: fgm (~2x a step), pgd or freelb (~(K+1)x) (default: none)")
+    p.add_argument("--adv-epsilon", type=float, metavar="X", help="L2 radius of the perturbation per example "
+                   f"(default: {d['adv_epsilon']})")
+    p.add_argument("--adv-steps", type=int, metavar="K", help=f"pgd / freelb ascent steps (default: {d['adv_steps']})")
+    p.add_argument("--adv-alpha", type=float, metavar="X", help="pgd / freelb step size (default: adv-epsilon / adv-steps)")
+    p.add_argument("--teacher", metavar="MODEL", help="distill this teacher's logits into the model: a model directory, "
+                   "hub id or peftkit checkpoint sharing the labels / vocabulary (default: none)")
+    p.add_argument("--distill-alpha", type=float, metavar="A", help="weight of the teacher's soft targets, "
+                   f"loss = (1-A) task + A T^2 KL (default: {d['distill_alpha']})")
+    p.add_argument("--distill-temperature", type=float, metavar="T", help=f"softmax temperature (default: {d['distill_temperature']})")
     p.add_argument("--set", dest="set", action="append", metavar="KEY=VALUE", help="any other TrainConfig field, "
                    "repeatable, e.g. --set warmup_ratio=0.06 (default: TrainConfig's values, see help(peftkit.TrainConfig))")
     p.add_argument("--train-options", type=json.loads, default=None, help=argparse.SUPPRESS)
@@ -208,7 +220,9 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "resume": "resume_from_checkpoint", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_checkpointing": "gradient_checkpointing", "mixed_precision": "mixed_precision",
     "early_stopping_patience": "early_stopping_patience", "report_to": "report_to", "cpu": "cpu", "output": "output_dir",
-    "overwrite": "overwrite", "compile": "compile",
+    "overwrite": "overwrite", "compile": "compile", "adversarial": "adversarial", "adv_epsilon": "adv_epsilon",
+    "adv_steps": "adv_steps", "adv_alpha": "adv_alpha", "teacher": "teacher", "distill_alpha": "distill_alpha",
+    "distill_temperature": "distill_temperature",
 }
 
 
@@ -680,6 +694,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable]]
     "tune": ("search hyperparameters with Optuna", lambda p: _lazy_setup("tuning", "setup_tune_parser", p)),
     "compare": ("tune and train several strategies on your data over seeds, and recommend one",
                 lambda p: _lazy_setup("compare", "setup_compare_parser", p)),
+    "perturb": ("write a noisy copy of a text-classification test file (typos, dropped / swapped words)",
+                lambda p: _lazy_setup("noise", "setup_perturb_parser", p)),
 }
 
 

@@ -85,6 +85,13 @@ class TrainConfig:
     `peftkit.rundir.NOT_COMPARED` (output_dir, resume_from_checkpoint, overwrite, progress,
     log_every, eval_batch_size, report_to, sample_generations, save_steps, save_total_limit,
     device, cpu, gradient_checkpointing, compile), and in model, strategy, options, task and data.
+
+    ``adversarial`` ("fgm", "pgd", "freelb"; None: off) perturbs the input embeddings' output by at
+    most ``adv_epsilon`` (L2 per example) in ``adv_steps`` ascent steps of ``adv_alpha`` (None:
+    adv_epsilon / adv_steps); see `peftkit.adversarial`. ``teacher`` (a model, a model directory
+    or hub id, or a peftkit checkpoint) distills its logits into the model: the loss becomes
+    ``(1 - distill_alpha) * task loss + distill_alpha * T^2 * KL`` at temperature
+    ``distill_temperature``; see `peftkit.distill`.
     """
 
     output_dir: str = "peftkit-output"
@@ -121,6 +128,13 @@ class TrainConfig:
     progress: bool = True
     sample_generations: int = 1
     overwrite: bool = False
+    adversarial: str | None = None
+    adv_epsilon: float = 1.0
+    adv_steps: int = 2
+    adv_alpha: float | None = None
+    teacher: Any = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -159,6 +173,33 @@ class TrainConfig:
             raise bad("head_lr", "must be a positive number, or None for the same rate as lr.")
         if self.device not in (None, "auto", "cpu", "cuda"):
             raise bad("device", 'choose "cpu", "cuda" or None (automatic).')
+        self._check_adversarial_and_teacher(bad)
+
+    def _check_adversarial_and_teacher(self, bad) -> None:
+        from .adversarial import METHODS
+
+        if self.adversarial in ("none", ""):
+            self.adversarial = None
+        if self.adversarial is not None and self.adversarial not in METHODS:
+            raise bad("adversarial", f"choose one of {', '.join(METHODS)}, or None to train without it.")
+        if not float(self.adv_epsilon) > 0:
+            raise bad("adv_epsilon", "must be a positive number (the L2 radius of the perturbation per example).")
+        if int(self.adv_steps) < 1:
+            raise bad("adv_steps", "must be a positive integer (the ascent steps of pgd / freelb).")
+        if self.adv_alpha is not None and not float(self.adv_alpha) > 0:
+            raise bad("adv_alpha", "must be a positive number, or None for adv_epsilon / adv_steps.")
+        if not 0 <= float(self.distill_alpha) <= 1:
+            raise bad("distill_alpha", "must be in [0, 1] (the weight of the teacher's soft targets).")
+        if not float(self.distill_temperature) > 0:
+            raise bad("distill_temperature", "must be a positive number.")
+        if isinstance(self.teacher, nn.Module):
+            from .distill import TeacherRef
+
+            self.teacher = TeacherRef(self.teacher)  # never deep-copied with the config
+        elif self.teacher in ("", "none"):
+            self.teacher = None
+        elif self.teacher is not None and not isinstance(self.teacher, (str, os.PathLike)) and not hasattr(self.teacher, "model"):
+            raise bad("teacher", "give a model object, a model directory or hub id, or a peftkit checkpoint.")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -597,8 +638,11 @@ def train(model: nn.Module, tokenizer, data, config: TrainConfig, task=None, cal
     task = _resolve_task(task, model)
     with _claim_output_dir(config):
         run = _Run(model, tokenizer, data, config, task, callbacks, run_info)
-        run.loop()
-        return run.finish()
+        try:
+            run.loop()
+            return run.finish()
+        finally:
+            run.adversary.remove()
 
 
 @contextmanager
@@ -672,6 +716,11 @@ class _Run:
 
         self.forward = CompiledForward(self.model, config.compile)  # the training forward, compiled if asked
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.loss_of = _objective(self.raw_model, config, task, accelerator)
+        from .adversarial import Adversary
+
+        self.adversary = Adversary(self.model, accelerator, config.adversarial, config.adv_epsilon, config.adv_steps,
+                                   config.adv_alpha)
         trainable = _trainable_names(self.model)
 
         def keep_trainable(models, weights, _dir):  # checkpoints hold only what trains
@@ -768,15 +817,17 @@ class _Run:
         """Forward, backward and (when the accumulation is complete) an optimizer step."""
         accelerator, state = self.accelerator, self.state
         with accelerator.accumulate(self.model):
-            loss = self.forward(**batch).loss
-            mean_loss = accelerator.reduce(loss.detach().float(), "mean").item()
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(
-                    f"The loss became {mean_loss} at step {state.step + 1} (epoch {state.epoch + 1}, lr "
-                    f"{self.scheduler.get_last_lr()[0]:.3g}): training diverged. Lower the learning rate "
-                    f"(e.g. lr={self.lr / 10:g}), keep max_grad_norm on, or train with mixed_precision='no'."
-                )
-            accelerator.backward(loss)
+            with self.adversary.clean_pass():  # peftkit.adversarial; a no-op without adversarial training
+                loss = self.loss_of(self.forward, batch)  # peftkit.distill: the task loss, plus a teacher's
+                mean_loss = accelerator.reduce(loss.detach().float(), "mean").item()
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"The loss became {mean_loss} at step {state.step + 1} (epoch {state.epoch + 1}, lr "
+                        f"{self.scheduler.get_last_lr()[0]:.3g}): training diverged. Lower the learning rate "
+                        f"(e.g. lr={self.lr / 10:g}), keep max_grad_norm on, or train with mixed_precision='no'."
+                    )
+                accelerator.backward(loss)
+            self.adversary.attack(lambda: self.loss_of(self.forward, batch))
             if accelerator.sync_gradients and self.config.max_grad_norm:
                 accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
             self.optimizer.step()
@@ -941,6 +992,17 @@ class _Run:
         )
         if self.accelerator.is_main_process:
             warnings.warn(message, stacklevel=4)
+
+
+def _objective(model: nn.Module, config: TrainConfig, task, accelerator):
+    """``loss_of(model, batch)``: the task loss, mixed with the teacher's soft targets when one is given."""
+    from .distill import Distiller, check_compatible, load_teacher
+
+    teacher = None
+    if config.teacher is not None:
+        teacher = load_teacher(config.teacher, getattr(task, "name", "classification"))
+        check_compatible(model, teacher, task)
+    return Distiller(teacher, config.distill_alpha, config.distill_temperature, task, accelerator)
 
 
 def resolve_epochs(config: TrainConfig, steps_per_epoch: int) -> int:

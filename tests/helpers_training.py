@@ -131,6 +131,7 @@ def worker(argv=None) -> None:
     p.add_argument("--save-steps", type=int)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--adversarial", default=None)
     args = p.parse_args(argv)
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -146,7 +147,8 @@ def worker(argv=None) -> None:
     torch.manual_seed(0)
     model = peftkit.wrap(model, "lora", dropout=0.0)
     config = TrainConfig(output_dir=args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=1,
-                         eval_steps=4, save_steps=args.save_steps, resume_from_checkpoint=args.resume or None, progress=False)
+                         eval_steps=4, save_steps=args.save_steps, resume_from_checkpoint=args.resume or None, progress=False,
+                         adversarial=args.adversarial)
     result = train(model, tokenizer, load_sentiment(Path(args.data)), config, task=CountingTask(get_task("classification"), args.delay))
     losses = [r["loss"] for r in result.log if "loss" in r]
     from accelerate import PartialState

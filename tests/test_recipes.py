@@ -59,6 +59,23 @@ def test_ner_recipe_on_a_tiny_model(tmp_path):
     assert "f1" in json.loads((tmp_path / "out/metrics.json").read_text())
 
 
+def test_distill_recipe_trains_a_teacher_then_a_student(tmp_path):
+    from helpers_training import write_sentiment_csv
+
+    model, data = save_tiny_model(tmp_path / "tiny"), write_sentiment_csv(tmp_path / "data")
+    proc = run([sys.executable, str(RECIPES / "distill.py"), "--model", str(model), "--train", str(data / "train.csv"),
+                "--validation", str(data / "validation.csv"), "--test", str(data / "test.csv"), "--strategy", "bitfit",
+                "--max-steps", "2", "--teacher-steps", "3", "--batch-size", "8", "--adversarial", "fgm",
+                "--output", str(tmp_path / "out")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"teacher \(full, 3 steps, .*test accuracy [0-9.]+", proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"student \(bitfit, 2 steps, alpha 0.5, T 2.0, .*test accuracy [0-9.]+ = [0-9.]+% of the teacher's",
+                     proc.stdout), proc.stdout[-2000:]
+    saved = (tmp_path / "out/student/run_config.yaml").read_text()
+    assert "teacher/best" in saved or "teacher/final" in saved
+    assert "adversarial: fgm" in saved and "adversarial: null" in (tmp_path / "out/teacher/run_config.yaml").read_text()
+
+
 def test_ner_recipe_explains_missing_data(tmp_path):
     proc = run([sys.executable, str(RECIPES / "ner.py")], cwd=tmp_path, env={"PEFTKIT_DATA_DIR": str(tmp_path / "nowhere")})
     assert proc.returncode != 0 and "PEFTKIT_DATA_DIR" in proc.stderr and "--train" in proc.stderr
@@ -118,6 +135,6 @@ def test_accelerate_configs_are_valid():
 
 
 def test_recipes_are_short_and_readable():
-    for recipe in ("lora_classify.py", "ner.py", "sft.py", "seq2seq.py"):
+    for recipe in ("lora_classify.py", "ner.py", "sft.py", "seq2seq.py", "distill.py"):
         lines = (RECIPES / recipe).read_text().splitlines()
         assert len(lines) <= 150, f"{recipe} has {len(lines)} lines"

@@ -6,7 +6,9 @@
 Steps: read the data → idle baseline (`measure.MemoryProbe`) → `peftkit.load_model` (quantized
 for the quantized cells) → `peftkit.wrap` → `peftkit.train` with the suite's budget (timed) →
 evaluate on the test split → `peftkit.save` the adapter (its size on disk) → peak memory →
-the planner's prediction for the same cell. The result row is written to ``--result`` as JSON,
+the planner's prediction for the same cell. A task with ``perturb:`` is scored on a noisy copy of
+its test set too (``perturbed_<metric>``); a strategy with ``teacher:`` distills the teacher
+strategy's model of the same seed, trained once (`teacher_checkpoint`). The result row is written to ``--result`` as JSON,
 also when the cell fails (its ``error`` then says why); the exit status is 0 on success, 1 on a
 recorded failure.
 """
@@ -78,6 +80,93 @@ def longest_input(task_obj, tokenizer, train, max_length: int) -> int:
 
     prepared = task_obj.prepare(DatasetDict(train=train), tokenizer, max_length=max_length)["train"]
     return max(len(x) for x in prepared["input_ids"])
+
+
+def score_perturbed(model, tokenizer, task_obj, test, task: TaskSpec, budget: dict[str, Any], device: str,
+                    row: dict[str, Any]) -> None:
+    """With the task's ``perturb:``, the metrics on the test set with seeded noise (`peftkit.noise`)
+    too: ``perturbed_<metric>`` (and every metric in ``perturbed_metrics``)."""
+    if not task.perturb:
+        return
+    from ..noise import perturb_dataset
+
+    noisy = perturb_dataset(test, column="text", **task.perturb)
+    eval_batch = budget.get("eval_batch_size") or budget.get("batch_size", 16)
+    metrics = evaluate_test(model, tokenizer, task_obj, noisy, task, eval_batch, device)
+    row.update({f"perturbed_{task.metric}": round(float(metrics[task.metric]), 6),
+                "perturbed_metrics": json.dumps(metrics, sort_keys=True), "perturb": json.dumps(task.perturb, sort_keys=True)})
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+_TEACHER_RUN = "PEFTKIT_BENCH_TEACHER_RUN"  # set for a teacher cell run by a student (teacher_checkpoint)
+
+
+def teacher_cache_dir(suite: Suite, key: CellKey, teacher: StrategySpec) -> Path:
+    """Where the teacher cell's work folder (its ``adapter/`` checkpoint) is kept for the students of
+    ``key``'s seed: under $PEFTKIT_BENCH_CACHE (else ~/.cache/peftkit/bench)/teachers, named by a hash
+    of everything that makes the teacher (model, task, data size, seed, strategy, budget)."""
+    import hashlib
+
+    from .common import gguf_cache_dir
+
+    task = suite.task(key.task)
+    made_of = json.dumps([suite.model.path, suite.model.gguf_file, task.train, task.max_length, suite.budget_for(task),
+                          key.seed, key.train_size, teacher.strategy, teacher.options, teacher.lr, teacher.quantization,
+                          teacher.train], sort_keys=True, default=str)
+    digest = hashlib.sha256(made_of.encode()).hexdigest()[:12]
+    return gguf_cache_dir(suite).parent / "teachers" / f"{suite.name}-{key.task}-{teacher.name}-{key.seed}-{digest}"
+
+
+def _teacher_once(folder: Path, make) -> Path:
+    """``folder/adapter``, made by ``make(tmp)`` into a temporary sibling renamed into place, once:
+    a file lock keeps parallel cells (``--jobs``) from making it twice."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "adapter").is_dir():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            make(tmp)
+            os.replace(tmp, folder)
+    return folder / "adapter"
+
+
+def teacher_checkpoint(suite: Suite, key: CellKey) -> Path:
+    """The trained teacher of ``key``'s strategy: the teacher cell's checkpoint, trained once per seed.
+
+    The teacher's own cell leaves its checkpoint in the cache (`keep_teacher`); a student that finds
+    none runs the teacher cell (in a process of its own, so that this cell's memory stays its own).
+    """
+    import subprocess
+
+    teacher = suite.strategy(suite.strategy(key.strategy).teacher)
+
+    def train_teacher(work: Path) -> None:
+        cmd = [sys.executable, "-m", "peftkit.bench.cell", "--suite", str(suite.path), "--task", key.task,
+               "--strategy", teacher.name, "--seed", str(key.seed), "--result", str(work / "result.json"),
+               "--work-dir", str(work)]
+        if key.train_size is not None:
+            cmd += ["--train-size", str(key.train_size)]
+        env = {**os.environ, _TEACHER_RUN: "1"}  # that cell must not wait for this lock (keep_teacher)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not (work / "adapter").is_dir():
+            raise RuntimeError(f"the teacher cell {teacher.name!r} (seed {key.seed}) failed: "
+                               f"{(done.stdout + done.stderr).strip()[-600:]}")
+        shutil.rmtree(work / "train", ignore_errors=True)
+
+    return _teacher_once(teacher_cache_dir(suite, key, teacher), train_teacher)
+
+
+def keep_teacher(suite: Suite, key: CellKey, adapter_dir: Path) -> None:
+    """A teacher cell's checkpoint, copied into the teacher cache for its students (once)."""
+    spec = suite.strategy(key.strategy)
+    if os.environ.get(_TEACHER_RUN) or not any(s.teacher == spec.name for s in suite.strategies):
+        return
+    _teacher_once(teacher_cache_dir(suite, key, spec), lambda tmp: shutil.copytree(adapter_dir, tmp / "adapter"))
 
 
 # --------------------------------------------------------------------------- the planner
@@ -152,14 +241,19 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
         row.update(trainable_params=0, total_params=counts.total, trainable_percent=0.0, train_seconds=0.0,
                    max_steps=0, checkpoint_mb=0.0)
         score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, None)
+        score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)
         row.update(probe.stop(), status="ok", prediction_note="no training: nothing to predict")
         return row
     model = peftkit.wrap(model, spec.strategy, **spec.options)
     counts = peftkit.count_parameters(model)
     row.update(trainable_params=counts.trainable, total_params=counts.total, trainable_percent=round(counts.percent, 4))
 
+    extra = dict(spec.train)
+    if spec.teacher:
+        extra["teacher"] = str(teacher_checkpoint(suite, key))
+    row["train_options"] = json.dumps({**spec.train, **({"teacher": spec.teacher} if spec.teacher else {})}, sort_keys=True)
     config = peftkit.TrainConfig(
-        **{"log_every": 10, "save_total_limit": 1, **budget},
+        **{"log_every": 10, "save_total_limit": 1, **budget, **extra},
         output_dir=str(work_dir / "train"), seed=key.seed, lr=spec.lr, max_length=task.max_length,
         progress=False, device=device, cpu=device == "cpu",
         overwrite=True,  # a cell re-run (stale, --retry-failed) replaces its own earlier training folder
@@ -178,6 +272,8 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     row.update(train_seconds=round(seconds, 2), samples_per_second=round(samples / seconds, 2), max_steps=steps)
 
     score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
+    score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)
+    keep_teacher(suite, key, work_dir / "adapter")
     row.update(probe.stop())
     row.update(step_utilization(model, tokenizer, task_obj, data["train"], config, steps, seconds, device))
 

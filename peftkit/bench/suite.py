@@ -27,10 +27,15 @@ A suite file (``benchmarks/suites/*.yaml``)::
         train_size: 4800             # or train_sizes: [64, 256] for a data-size sweep
         max_length: 64
         budget: {max_steps: 100}     # optional per-task override, the same for all its cells
+        perturb: {kind: char+word, rate: 0.1, seed: 0}   # optional (classification): also score a noisy
+                                     # copy of the test set (peftkit.noise), column perturbed_<metric>
     strategies:
       - {name: lora, strategy: lora, options: {r: 8}, lr: 1.0e-3}
       - {name: lora-4bit, strategy: lora, quantization: 4bit, seeds: [0], tune: false}
         # (seeds: and tune: override the suite's for one strategy; tune: {trials: 4} merges into it)
+      - {name: lora-fgm, strategy: lora, train: {adversarial: fgm}}   # optional TrainConfig fields of its own
+      - {name: teacher, strategy: full, train: {max_steps: 400}}
+      - {name: lora-kd, strategy: lora, teacher: teacher}   # distilled from the teacher cell of the same seed
     baselines: {task: sst2, strategy: lora}    # optional: HF Trainer and hand-written loop
     targets: {task: sst2, reference: full, max_gap: {lora: 0.005}}   # optional, for the report
       # (targets may also say, under `tried:`, what was done to meet them; the report prints it)
@@ -66,11 +71,11 @@ _TOP_KEYS = {"name", "description", "model", "data_dir", "device", "seeds", "bud
              "baselines", "targets", "tune"}
 _MODEL_KEYS = {"path", "gguf_file", "hub_id"}
 _TASK_KEYS = {"name", "task", "hub_id", "data", "train", "test", "validation", "columns", "metric", "train_size", "train_sizes",
-              "test_size", "max_length", "budget", "prompt_template", "max_new_tokens"}
+              "test_size", "max_length", "budget", "prompt_template", "max_new_tokens", "perturb"}
 # load_data's column names and options, over every task (text_column, text_pair_column, label_separator ...)
 _COLUMN_KEYS = {key for attrs in task_catalog().values()
                 for key in [*(f"{c}_column" for c in attrs.get("columns", {})), *attrs.get("options", {})]}
-_STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization", "seeds", "tune"}
+_STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization", "seeds", "tune", "train", "teacher"}
 # A suite's (or a strategy's) `tune:` section: `peftkit tune`'s settings for the short search run per
 # (task, strategy) before its cells (peftkit.bench.tune). Anything it does not give comes from the budget.
 TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_samples", "eval_steps"}
@@ -78,6 +83,7 @@ TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_sam
 # default fraction), and every cell of the task trains without those rows.
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_SEED = 0
+_PERTURB_KEYS = {"kind", "rate", "seed"}
 _BASELINE_KEYS = {"task", "strategy"}
 _TARGET_KEYS = {"task", "reference", "max_gap", "tried"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -115,6 +121,7 @@ class TaskSpec:
     max_new_tokens: int = 16
     validation: str | None = None
     holdout: bool = False  # carve HOLDOUT_FRACTION of train (seed HOLDOUT_SEED) for tuning, out of every cell
+    perturb: dict[str, Any] | None = None
 
 
 @dataclass
@@ -126,6 +133,8 @@ class StrategySpec:
     quantization: str | None = None
     seeds: list[int] | None = None  # None: the suite's
     tune: dict[str, Any] | None = None  # the tune settings for its cells (suite's merged with its own); None: no tuning
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of this strategy's cells
+    teacher: str | None = None  # the strategy (of this suite) whose trained model it distills
 
     def learning_rate(self) -> float | None:
         """The lr its cells train with: the suite's, else the strategy's default (None: nothing trains)."""
@@ -313,7 +322,7 @@ def _budget(section: Any, where: str) -> dict[str, Any]:
     if section is None:
         return {}
     _typed(section, where, dict)
-    valid = set(TrainConfig.__dataclass_fields__) - {"output_dir", "seed", "lr", "max_length", "device", "cpu", "progress"}
+    valid = set(TrainConfig.__dataclass_fields__) - {"output_dir", "seed", "lr", "max_length", "device", "cpu", "progress", "teacher"}
     _check_keys(section, valid, where)
     return dict(section)
 
@@ -372,7 +381,27 @@ def _parse_task(raw: Any, where: str, data_dir: Path | None) -> TaskSpec:
         budget=_budget(raw.get("budget"), f"{where}.budget"), prompt_template=template,
         max_new_tokens=_positive_int(raw.get("max_new_tokens", 16), f"{where}.max_new_tokens"),
         validation=files.get("validation"),
+        perturb=_parse_perturb(raw.get("perturb"), f"{where}.perturb", kind),
     )
+
+
+def _parse_perturb(raw: Any, where: str, task: str) -> dict[str, Any] | None:
+    """``perturb: {kind, rate, seed}``: score a noisy copy of the test set too (`peftkit.noise`)."""
+    from ..noise import KINDS, check
+
+    if raw is None:
+        return None
+    _typed(raw, where, dict)
+    _check_keys(raw, _PERTURB_KEYS, where)
+    if task != "classification":
+        raise SuiteError(f"{where}: perturbed test sets are made for text classification, not {task}; drop perturb:.")
+    spec = {"kind": raw.get("kind", "char+word"), "rate": raw.get("rate", 0.1), "seed": raw.get("seed", 0)}
+    try:
+        check(spec["kind"], _typed(spec["rate"], f"{where}.rate", (int, float)))
+    except ValueError as err:
+        raise SuiteError(f"{where}: {err} (kinds: {', '.join(KINDS)})") from None
+    _typed(spec["seed"], f"{where}.seed", int)
+    return spec
 
 
 def _parse_strategy(raw: Any, where: str) -> StrategySpec:
@@ -402,9 +431,11 @@ def _parse_strategy(raw: Any, where: str) -> StrategySpec:
         lr = float(_typed(lr, f"{where}.lr", (int, float)))
         if lr <= 0:
             raise SuiteError(f"{where}.lr: must be positive, got {lr}.")
+    teacher = raw.get("teacher")
     seeds = None if raw.get("seeds") is None else _seeds(raw["seeds"], f"{where}.seeds")
     return StrategySpec(name=str(name), strategy=strategy, options=dict(options), lr=lr, quantization=quant, seeds=seeds,
-                        tune=raw.get("tune"))
+                        tune=raw.get("tune"), train=_budget(raw.get("train"), f"{where}.train"),
+                        teacher=None if teacher is None else _typed(teacher, f"{where}.teacher", str))
 
 
 def _seeds(raw: Any, where: str) -> list[int]:
@@ -502,9 +533,21 @@ def parse_suite(raw: Any, path: Path) -> Suite:
         raise SuiteError(f"{where}.budget: give max_steps or epochs, the same for every cell (e.g. budget: {{max_steps: 100}}).")
     suite = Suite(name=name, path=path, model=model_spec, tasks=tasks, strategies=strategies, budget=budget,
                   seeds=seeds, device=device, data_dir=data_dir, description=str(raw.get("description", "")), tune=tune)
+    _check_teachers(suite, where)
     suite.baselines = _parse_baselines(raw.get("baselines"), f"{where}.baselines", suite)
     suite.targets = _parse_targets(raw.get("targets"), f"{where}.targets", suite)
     return suite
+
+
+def _check_teachers(suite: Suite, where: str) -> None:
+    """A ``teacher:`` names another strategy of the suite that trains and has no teacher of its own."""
+    for i, spec in enumerate(suite.strategies):
+        if spec.teacher is None:
+            continue
+        teacher = suite.strategy(spec.teacher)
+        if teacher.name == spec.name or teacher.teacher or teacher.strategy == UNTRAINED:
+            raise SuiteError(f"{where}.strategies[{i}].teacher: {spec.teacher!r} cannot teach {spec.name!r}: name another "
+                             "strategy of this suite that trains without a teacher (e.g. a full fine-tuning cell).")
 
 
 def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, str] | None:

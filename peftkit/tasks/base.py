@@ -119,6 +119,7 @@ class Task:
 
     def drop_unusable(self, raw: dict[str, Any], origin: dict[str, str], columns: dict[str, str | None]) -> None:
         """Drop raw splits the task cannot use (e.g. hub test splits labelled -1), in place."""
+    next_token_labels: ClassVar[bool] = False  # the logits at position i predict label i+1 (causal LM)
 
     def chance_loss(self, prepared) -> float | None:
         """The loss of always predicting a prepared training split's label frequencies (their

@@ -64,6 +64,7 @@ class CausalLMTask(Task):
 
     name = "causal-lm"
     summary = "prompt -> response with a decoder-only LM (loss on the response)"
+    next_token_labels = True
     main_metric = "eval_loss"
     greater_is_better = False
     auto_class = "AutoModelForCausalLM"

@@ -1,0 +1,95 @@
+"""Benchmark suites with robustness: a task's ``perturb:``, a strategy's ``train:`` and ``teacher:``,
+and the shipped robust.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers_bench import write_quick_assets, write_suite
+
+from peftkit.bench.suite import SuiteError, load_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SUITE = """
+name: r
+model: {path: MODEL}
+data_dir: DATA
+device: cpu
+budget: {max_steps: 2, batch_size: 8, eval_batch_size: 16}
+tasks:
+  - {name: s, task: classification, train: sentiment/train.csv, test: sentiment/test.csv, train_size: 32, max_length: 32,
+     perturb: {kind: char+word, rate: 0.2, seed: 1}}
+strategies:
+  - {name: teacher, strategy: full, train: {max_steps: 3}}
+  - {name: lora-fgm, strategy: lora, options: {r: 4}, train: {adversarial: fgm}}
+  - {name: lora-kd, strategy: lora, options: {r: 4}, teacher: teacher, train: {distill_alpha: 0.7}}
+"""
+
+
+def _suite(tmp_path: Path, text: str = SUITE, root: Path | None = None) -> Path:
+    root = root or tmp_path
+    return write_suite(
+        tmp_path / "r.yaml", text.replace("MODEL", str(root / "model")).replace("DATA", str(root / "data"))
+    )
+
+
+def test_suite_reads_perturb_train_and_teacher(tmp_path):
+    suite = load_suite(_suite(tmp_path))
+    assert suite.task("s").perturb == {"kind": "char+word", "rate": 0.2, "seed": 1}
+    assert suite.strategy("lora-fgm").train == {"adversarial": "fgm"}
+    assert suite.strategy("lora-kd").teacher == "teacher"
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {kind: emoji}", "noise kind 'emoji'"),
+        ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {rate: 3}", "noise rate 3"),
+        ("perturb: {kind: char+word, rate: 0.2, seed: 1}", "perturb: {level: 1}", "unknown key(s) level"),
+        ("train: {adversarial: fgm}", "train: {adversary: fgm}", "unknown key(s) adversary"),
+        ("teacher: teacher,", "teacher: nobody,", "no strategy named 'nobody'"),
+        ("teacher: teacher,", "teacher: lora-kd,", "cannot teach 'lora-kd'"),
+    ],
+)
+def test_suite_validation(tmp_path, old, new, message):
+    with pytest.raises(SuiteError) as info:
+        load_suite(_suite(tmp_path, SUITE.replace(old, new)))
+    assert message in str(info.value)
+
+
+def test_robust_suite_is_valid(monkeypatch, tmp_path):
+    monkeypatch.setenv("PEFTKIT_DATA_DIR", str(tmp_path))
+    suite = load_suite(ROOT / "benchmarks" / "suites" / "robust.yaml")
+    assert suite.seeds == [0, 1, 2] and suite.task("sst2").perturb["rate"] == 0.1
+    names = [s.name for s in suite.strategies]
+    assert names[0] == "teacher-full" and len(suite.cells()) == 3 * 9
+    assert {suite.strategy(n).train.get("adversarial") for n in names} == {None, "fgm", "pgd"}
+    assert {s.teacher for s in suite.strategies if s.teacher} == {"teacher-full"}
+
+
+@pytest.mark.slow
+def test_student_cell_trains_its_teacher_once_and_scores_the_noisy_test_set(tmp_path, monkeypatch):
+    from peftkit.bench.cell import main
+
+    root = write_quick_assets(tmp_path / "assets")
+    monkeypatch.setenv("PEFTKIT_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _suite(tmp_path, root=root)
+    result = tmp_path / "kd.json"
+    args = ["--suite", str(path), "--task", "s", "--seed", "0", "--train-size", "32", "--result", str(result)]
+    assert main([*args, "--strategy", "lora-kd"]) == 0
+    row = json.loads(result.read_text())
+    assert row["status"] == "ok" and 0 <= row["perturbed_accuracy"] <= 1
+    assert json.loads(row["train_options"]) == {"distill_alpha": 0.7, "teacher": "teacher"}
+    teachers = [p for p in (tmp_path / "cache" / "teachers").iterdir() if p.is_dir()]
+    assert len(teachers) == 1 and (teachers[0] / "adapter" / "peftkit_config.json").is_file()
+    stamp = (teachers[0] / "adapter" / "peftkit_config.json").stat().st_mtime
+    assert main([*args, "--strategy", "lora-kd"]) == 0  # the teacher is not trained again
+    assert (teachers[0] / "adapter" / "peftkit_config.json").stat().st_mtime == stamp
+    assert main([*args, "--strategy", "lora-fgm"]) == 0
+    fgm = json.loads(result.read_text())
+    assert fgm["status"] == "ok" and json.loads(fgm["train_options"]) == {"adversarial": "fgm"}
+    assert "perturbed_accuracy" in fgm
