@@ -257,13 +257,15 @@ def test_prefix_choice_and_refusals():
         peftkit.wrap(build_tiny("bert", "classification"), "prefix", implementation="peft")
 
 
-def test_prefix_on_the_meta_device_counts_like_the_real_model():
+@pytest.mark.parametrize(
+    "arch,task",
+    [("bart", "classification"), ("deberta-v2", "classification"), ("mpnet", "token-classification")],
+)
+def test_prefix_on_the_meta_device_counts_like_the_real_model(arch, task):
     """The planner wraps models on the meta device: the probe runs there too."""
-    real = peftkit.count_parameters(peftkit.wrap(build_tiny("bart", "classification"), "prefix"))
-    from conftest import tiny_config
-
+    real = peftkit.count_parameters(peftkit.wrap(build_tiny(arch, task), "prefix"))
     with torch.device("meta"):
-        skeleton = auto_class("classification").from_config(tiny_config("bart"))
+        skeleton = auto_class(task).from_config(tiny_config(arch))
     assert peftkit.count_parameters(peftkit.wrap(skeleton, "prefix")) == real
 
 
