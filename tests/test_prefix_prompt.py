@@ -320,9 +320,9 @@ def test_own_code_attention_sees_the_prefix_without_position_terms(arch, names):
     bias = torch.randn(2, heads, length, length) if arch == "mpnet" else torch.zeros(2, heads, length, length)
     with torch.no_grad():
         if arch == "mpnet":
-            got = module(hidden, None, bias)[0]
+            got, weights = module(hidden, None, bias, True)
         else:
-            got = module(hidden, torch.ones(2, 1, length, length, dtype=torch.bool))[0]
+            got, weights = module(hidden, torch.ones(2, 1, length, length, dtype=torch.bool), True)
         # outside the module's forward the projections' hooks leave them alone
         q, k, v = (getattr(module, name)(hidden).view(2, length, heads, -1).transpose(1, 2) for name in names)
         pk, pv = (t.expand(2, -1, -1, -1) for t in module.peftkit_prefix.key_value())
@@ -332,3 +332,4 @@ def test_own_code_attention_sees_the_prefix_without_position_terms(arch, names):
         if arch == "mpnet":
             expected = module.o(expected)  # MPNet's output projection is part of its attention module
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weights, scores.softmax(-1), rtol=1e-4, atol=1e-5)  # the input's rows only

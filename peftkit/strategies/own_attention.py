@@ -11,7 +11,8 @@ Here hooks do the same from outside, without copying their attention code:
   learned prefix, so scores and weighted sum run over ``prefix + input`` in the module's own code;
 - a method that computes position terms from the layers (DeBERTa's
   ``disentangled_attention_bias``) runs on the input's positions only; the prefix gets zero;
-- a forward hook drops the placeholders' rows from the output: the input's length is kept.
+- a forward hook drops the placeholders' rows from the output (and from the attention weights,
+  which keep the prefix's key columns): the input's length is kept.
 
 Prefix positions have no position: no relative bias, no content-to-position or
 position-to-content term, as in Li & Liang's prefixes (and T5's through the interface). The
@@ -121,9 +122,12 @@ def _hook(module: nn.Module, spec: OwnAttention, prefix_attr: str, recording: Ca
                 heads = getattr(mod, spec.heads)
                 seen[mod] = tuple(_by_head(call[w], heads) for w in ("key", "value"))
             return None
-        first, *rest = output if isinstance(output, tuple) else (output,)
-        first = first[:, call["n"] :]
-        return (first, *rest) if isinstance(output, tuple) else first
+        n = call["n"]
+        if not isinstance(output, tuple):
+            return output[:, n:]
+        # attention weights, where returned: the placeholders' query rows go too (the prefix's keys stay)
+        rest = [w[..., n:, :] if isinstance(w, torch.Tensor) and w.dim() == 4 else w for w in output[1:]]
+        return (output[0][:, n:], *rest)
 
     module.register_forward_pre_hook(before, with_kwargs=True)
     module.register_forward_hook(after, with_kwargs=True)
