@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB, build_tiny, perturb_trainable
+from conftest import VOCAB, build_tiny, perturb_trainable, tiny_config
 from safetensors.torch import load_file
 from test_strategies import logits, make_inputs
 from transformers import AutoConfig
@@ -110,6 +110,11 @@ PREFIX_CASES = [
     ("gpt2", "classification"),
     ("llama", "token-classification"),
     ("phi3", "classification"),
+    # attention in their own code, reached by hooks (peftkit/strategies/own_attention.py)
+    ("deberta-v2", "classification"),
+    ("deberta-v2", "token-classification"),
+    ("mpnet", "classification"),
+    ("mpnet", "token-classification"),
 ]
 
 
@@ -132,6 +137,9 @@ PROMPT_CASES = [
     ("t5", "token-classification"),
     ("phi3", "classification"),
     ("gpt2", "classification"),
+    # encoder-decoder heads that pool the decoder state at the input's last eos
+    ("bart", "classification"),
+    ("t5", "classification"),
 ]
 
 
@@ -182,7 +190,7 @@ def test_prompt_tuned_decoder_classifier_reads_the_last_real_token(arch):
     check_padding_is_hidden(wrapped, "classification")
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "t5"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "t5", "deberta-v2", "mpnet"])
 def test_prefix_mask_hides_padding_and_shows_the_prefix(arch):
     """A padded row gives the logits it gives alone (the widened mask still hides the padding), and
     the prefix is seen from every real token (its own mask positions are open)."""
@@ -247,17 +255,17 @@ def test_prefix_choice_and_refusals():
     assert peftkit.wrap_info(peftkit.wrap(build_tiny("gpt2", "causal-lm"), "prefix")).format == "peft"
     with pytest.raises(ValueError, match="PEFT cannot apply prefix tuning"):
         peftkit.wrap(build_tiny("bert", "classification"), "prefix", implementation="peft")
-    with pytest.raises(ValueError, match="computes attention in its own code"):
-        peftkit.wrap(build_tiny("deberta-v2", "classification"), "prefix")
 
 
-def test_prefix_on_the_meta_device_counts_like_the_real_model():
+@pytest.mark.parametrize(
+    "arch,task",
+    [("bart", "classification"), ("deberta-v2", "classification"), ("mpnet", "token-classification")],
+)
+def test_prefix_on_the_meta_device_counts_like_the_real_model(arch, task):
     """The planner wraps models on the meta device: the probe runs there too."""
-    real = peftkit.count_parameters(peftkit.wrap(build_tiny("bart", "classification"), "prefix"))
-    from conftest import tiny_config
-
+    real = peftkit.count_parameters(peftkit.wrap(build_tiny(arch, task), "prefix"))
     with torch.device("meta"):
-        skeleton = auto_class("classification").from_config(tiny_config("bart"))
+        skeleton = auto_class(task).from_config(tiny_config(arch))
     assert peftkit.count_parameters(peftkit.wrap(skeleton, "prefix")) == real
 
 
@@ -272,3 +280,56 @@ def test_native_prefix_decodes_with_a_cache():
         start = wrapped(ids[:, :-1], use_cache=True)
         step = wrapped(ids[:, -1:], past_key_values=start.past_key_values).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-5)
+
+
+# DeBERTa-v3's attention: relative positions in buckets, content-to-position and position-to-content
+# terms, position embeddings through the shared key/query projections.
+DEBERTA_V3 = dict(
+    relative_attention=True,
+    pos_att_type=["p2c", "c2p"],
+    share_att_key=True,
+    position_buckets=8,
+    max_relative_positions=-1,
+    norm_rel_ebd="layer_norm",
+)
+
+
+@pytest.mark.parametrize("task", ["classification", "token-classification"])
+def test_native_prefix_on_deberta_relative_attention(task, tmp_path):
+    """With DeBERTa-v3's disentangled relative attention the hooks keep every contract; padding stays
+    hidden (the position terms are computed for the input's positions only)."""
+    torch.manual_seed(0)
+    model = auto_class(task).from_config(tiny_config("deberta-v2", **DEBERTA_V3)).eval()
+    model.save_pretrained(tmp_path / "base")
+    model = auto_class(task).from_pretrained(tmp_path / "base").eval()
+    wrapped, _ = check_contract(model, tmp_path / "base", task, "prefix", (".peftkit_prefix.",), tmp_path)
+    check_padding_is_hidden(wrapped, task)
+
+
+@pytest.mark.parametrize(
+    "arch,names", [("deberta-v2", ("query_proj", "key_proj", "value_proj")), ("mpnet", ("q", "k", "v"))]
+)
+def test_own_code_attention_sees_the_prefix_without_position_terms(arch, names):
+    """One hooked attention module computes softmax([q.Pk, q.k + bias]) [Pv; v]: the learned keys and
+    values in front of the input's, with no position term (zero bias) for them."""
+    wrapped = peftkit.wrap(build_tiny(arch, "token-classification"), "prefix", num_virtual_tokens=3).eval()
+    perturb_trainable(wrapped, scale=1.0)
+    module = next(m for n, m in wrapped.named_modules() if hasattr(m, "peftkit_prefix"))
+    heads, length = module.num_attention_heads, 5
+    hidden = torch.randn(2, length, 32, generator=torch.Generator().manual_seed(3))
+    bias = torch.randn(2, heads, length, length) if arch == "mpnet" else torch.zeros(2, heads, length, length)
+    with torch.no_grad():
+        if arch == "mpnet":
+            got, weights = module(hidden, None, bias, True)
+        else:
+            got, weights = module(hidden, torch.ones(2, 1, length, length, dtype=torch.bool), True)
+        # outside the module's forward the projections' hooks leave them alone
+        q, k, v = (getattr(module, name)(hidden).view(2, length, heads, -1).transpose(1, 2) for name in names)
+        pk, pv = (t.expand(2, -1, -1, -1) for t in module.peftkit_prefix.key_value())
+        scores = torch.cat([q @ pk.transpose(-1, -2), q @ k.transpose(-1, -2)], -1) / q.shape[-1] ** 0.5
+        scores = scores + torch.nn.functional.pad(bias, (3, 0))
+        expected = (scores.softmax(-1) @ torch.cat([pv, v], 2)).transpose(1, 2).reshape(2, length, -1)
+        if arch == "mpnet":
+            expected = module.o(expected)  # MPNet's output projection is part of its attention module
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weights, scores.softmax(-1), rtol=1e-4, atol=1e-5)  # the input's rows only

@@ -10,6 +10,9 @@ keys and values (``(kv_heads, n, head_dim)`` each, per self-attention layer) to 
 over to the implementation the model had (SDPA, or the model's own eager function). Queries
 and outputs keep the input's length, so token classification works unchanged.
 
+Models whose attention is their own code (DeBERTa-v2, MPNet) get the same prefixes through hooks
+on their attention modules instead (`own_attention`).
+
 Which modules get prefixes, and their shapes, come from one probe forward pass with the
 function in place: a module whose keys are as long as its queries is a self-attention (a
 decoder's cross-attention sees the encoder's length instead). The probe's keys and values
@@ -32,6 +35,8 @@ from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from . import own_attention
 
 PREFIX_ATTR = "peftkit_prefix"
 ENCODER_ATTR = "peftkit_prefix_encoder"
@@ -146,7 +151,8 @@ def _register() -> None:
 
 
 def route_attention(model: nn.Module) -> None:
-    """Switch ``model`` to the prefixed twin of its attention implementation (flash/flex: SDPA's)."""
+    """Switch ``model`` to the prefixed twin of its attention implementation (flash/flex: SDPA's); a
+    model whose attention is its own code gets `own_attention`'s hooks instead."""
     current = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if current.startswith("peftkit_prefix_"):
         return
@@ -154,10 +160,13 @@ def route_attention(model: nn.Module) -> None:
     wanted = _NAME.format(current if current in _BASES else "sdpa")
     if getattr(model, "_can_set_attn_implementation", lambda: False)():
         model.set_attn_implementation(wanted)
-    if model.config._attn_implementation != wanted:
+    if model.config._attn_implementation == wanted:
+        return
+    # DeBERTa-v2, MPNet: attention in their own code, reached by hooks (see `own_attention`)
+    if not own_attention.install(model, PREFIX_ATTR, lambda: _recording):
         raise ValueError(
             f"{type(model).__name__} computes attention in its own code, not through transformers' "
-            "AttentionInterface, so peftkit cannot insert prefixes into it (PEFT cannot either). "
+            "AttentionInterface, and peftkit knows no way into it (PEFT's prefixes cannot go there either). "
             "Use 'prompt', 'lora' or 'adapter' on this architecture."
         )
 

@@ -100,13 +100,28 @@ def _self_attention_states(model: nn.Module, n: int) -> dict[str, tuple[torch.Te
     meta device (the planner's) cannot run its quantized layers: an unquantized twin of it is probed
     instead (quantization changes no attention shape)."""
     try:
-        return native_prefix.self_attention_states(model, _probe_batch(model, n), through=backbone(model))
+        return _probe(model, n)
     except Exception:  # bitsandbytes raises several kinds on meta tensors
         if not (is_quantized(model) and any(p.is_meta for p in model.parameters())):
             raise
     with torch.device("meta"):
         twin = type(model)(model.config)
-    return native_prefix.self_attention_states(twin, _probe_batch(twin, n), through=backbone(twin))
+    native_prefix.route_attention(twin)  # hooks, where its attention is its own code
+    return _probe(twin, n)
+
+
+def _probe(model: nn.Module, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    batch = _probe_batch(model, n)
+    try:
+        return native_prefix.self_attention_states(model, batch, through=backbone(model))
+    except RuntimeError:
+        # On the meta device a model whose attention is its own code may build its mask by arithmetic
+        # from a 2-D one (DeBERTa-v2), which a 4-D one breaks: meta tensors lack the values, not the shapes.
+        mask = batch.get("attention_mask")
+        if mask is None or mask.dim() == 2 or not mask.is_meta:
+            raise
+        batch = {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}
+        return native_prefix.self_attention_states(model, batch, through=backbone(model))
 
 
 def _probe_batch(model: nn.Module, n: int) -> dict[str, torch.Tensor]:

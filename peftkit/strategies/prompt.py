@@ -4,6 +4,10 @@ For token classification PEFT puts the virtual tokens' positions into the logits
 labels cover the input only, and the loss fails. Two hooks on the PEFT model fix it (put back by
 `on_load` on a reloaded one): the labels get ``-100`` (ignored) for the virtual positions, and
 the logits lose them, so they keep the input's length as every other strategy's do.
+
+Classification heads that find their token from ``input_ids`` get them back: the decoders' last
+real token (GPT-2, Llama), and the encoder-decoders' last eos (BART, T5), whose heads refuse to run
+on ``inputs_embeds`` alone.
 """
 
 from __future__ import annotations
@@ -56,8 +60,12 @@ class PromptTuning(Strategy):
         if config.task_type == "TOKEN_CLS":
             model.register_forward_pre_hook(_pad_labels, with_kwargs=True)
             model.register_forward_hook(_drop_virtual_positions, with_kwargs=True)
-        elif config.task_type == "SEQ_CLS" and _pools_last_token(base := model.get_base_model()):
-            _pool_last_attended(base)
+        elif config.task_type == "SEQ_CLS":
+            base = model.get_base_model()
+            if _pools_last_token(base):
+                _pool_last_attended(base)
+            elif _reads_eos_of_input_ids(base):
+                _pass_input_ids_along(model, base)
 
 
 def _virtual_tokens(model: nn.Module) -> int:
@@ -113,3 +121,39 @@ def _pool_last_attended(model: nn.Module) -> None:
 
     model.register_forward_pre_hook(remember_mask, with_kwargs=True)
     model.get_submodule(heads[0]).register_forward_hook(last_attended_to_end)
+
+
+def _reads_eos_of_input_ids(model: nn.Module) -> bool:
+    """Whether an encoder-decoder classifier pools the decoder state at the last eos of ``input_ids``
+    (BART, mBART, T5 and their copies): it refuses ``inputs_embeds`` without ``input_ids``."""
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return False
+    try:
+        return "input_ids.eq(" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _pass_input_ids_along(peft_model: nn.Module, model: nn.Module) -> None:
+    """Give the head the token ids PEFT replaced by embeddings (virtual tokens in front), and keep them
+    from the encoder, which takes the embeddings. The head then finds its eos, and the decoder reads
+    the input shifted right, as without prompt tuning: the virtual tokens reach it through the
+    encoder (cross-attention), as they do for a sequence-to-sequence LM."""
+    seen: dict[str, torch.Tensor | None] = {}
+
+    def remember_ids(module, args, kwargs):
+        seen["ids"] = kwargs.get("input_ids", args[0] if args else None)
+
+    def give_ids(module, args, kwargs):
+        if not args and kwargs.get("input_ids") is None and kwargs.get("inputs_embeds") is not None:
+            kwargs["input_ids"] = seen.get("ids")
+        return args, kwargs
+
+    def embeddings_only(module, args, kwargs):
+        if kwargs.get("inputs_embeds") is not None:
+            kwargs["input_ids"] = None
+        return args, kwargs
+
+    peft_model.register_forward_pre_hook(remember_ids, with_kwargs=True)
+    model.register_forward_pre_hook(give_ids, with_kwargs=True)
+    model.get_encoder().register_forward_pre_hook(embeddings_only, with_kwargs=True)
