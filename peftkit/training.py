@@ -129,7 +129,9 @@ class TrainConfig:
     sample_generations: int = 1
     overwrite: bool = False
     adversarial: str | None = None
-    adv_epsilon: float = 1.0
+    # 0.1: on MiniLM + LoRA (SST-2, 100 steps of 32, 400 dev.tsv sentences, one seed) FGM at 0.1 scored 0.843
+    # against 0.815 without; 0.3 lost (0.773) and 1.0 learned nothing (0.520): token vectors there have L2 norm ~1.1.
+    adv_epsilon: float = 0.1
     adv_steps: int = 2
     adv_alpha: float | None = None
     teacher: Any = None

@@ -251,7 +251,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     extra = dict(spec.train)
     if spec.teacher:
         extra["teacher"] = str(teacher_checkpoint(suite, key))
-    row["train_options"] = json.dumps({**spec.train, **({"teacher": spec.teacher} if spec.teacher else {})}, sort_keys=True)
+    row["train_options"] = spec.train_options_text()
     config = peftkit.TrainConfig(
         **{"log_every": 10, "save_total_limit": 1, **budget, **extra},
         output_dir=str(work_dir / "train"), seed=key.seed, lr=spec.lr, max_length=task.max_length,

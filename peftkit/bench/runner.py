@@ -148,7 +148,7 @@ def select_cells(suite: Suite, tasks: list[str] | None = None, strategies: list[
 
 
 def stale_reason(suite: Suite, row: dict[str, Any], tuned: dict[str, Any] | None = None) -> str | None:
-    """Why a finished row no longer matches the suite file (its lr or options changed, it was not
+    """Why a finished row no longer matches the suite file (its lr, options, training options or teacher changed, it was not
     tuned and now is), else None. ``tuned``: the tuned values its strategy trains with now (tuned.json).
 
     Baseline rows re-train the suite's baseline strategy, so they compare against that one.
@@ -173,6 +173,9 @@ def stale_reason(suite: Suite, row: dict[str, Any], tuned: dict[str, Any] | None
     want_options = spec.options_text()
     if row.get("options") is not None and row["options"] != want_options:
         return f"options {row['options']} -> {want_options}"
+    want_train = spec.train_options_text()
+    if row.get("train_options") not in (None, "") and row["train_options"] != want_train:
+        return f"training options {row['train_options']} -> {want_train}"
     return None
 
 

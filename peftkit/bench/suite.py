@@ -148,6 +148,10 @@ class StrategySpec:
         """The options as every result row records them (JSON, keys sorted)."""
         return json.dumps(self.options, sort_keys=True)
 
+    def train_options_text(self) -> str:
+        """Its own training options and teacher as every result row records them (JSON, keys sorted)."""
+        return json.dumps({**self.train, **({"teacher": self.teacher} if self.teacher else {})}, sort_keys=True)
+
     def with_tuned(self, params: dict[str, Any]) -> StrategySpec:
         """This strategy with the tuned values that are its options or its lr (the rest are training options)."""
         from ..strategies import REGISTRY
