@@ -60,6 +60,19 @@ def test_suite_validation(tmp_path, old, new, message):
     assert message in str(info.value)
 
 
+def test_changed_training_options_or_teacher_make_a_row_stale(tmp_path):
+    from peftkit.bench.runner import stale_reason
+
+    suite = load_suite(_suite(tmp_path))
+    row = {"strategy": "lora-fgm", "status": "ok", "lr": suite.strategy("lora-fgm").learning_rate(),
+           "options": suite.strategy("lora-fgm").options_text(), "train_options": '{"adversarial": "fgm"}'}
+    assert stale_reason(suite, row) is None
+    changed = load_suite(_suite(tmp_path, SUITE.replace("train: {adversarial: fgm}", "train: {adversarial: fgm, adv_epsilon: 0.5}")))
+    assert "training options" in stale_reason(changed, row)
+    kd = {**row, "strategy": "lora-kd", "train_options": '{"distill_alpha": 0.7}'}
+    assert "teacher" in stale_reason(suite, kd)  # recorded before the teacher was named
+
+
 def test_robust_suite_is_valid(monkeypatch, tmp_path):
     monkeypatch.setenv("PEFTKIT_DATA_DIR", str(tmp_path))
     suite = load_suite(ROOT / "benchmarks" / "suites" / "robust.yaml")

@@ -85,7 +85,7 @@ def _list_cells(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .results import read_results
-    from .runner import default_output_dir, select_cells
+    from .runner import default_output_dir, select_cells, stale_reason
     from .suite import CellKey
 
     suite = load_suite(args.suite)
@@ -93,8 +93,9 @@ def _list_cells(args: argparse.Namespace) -> int:
     done = {CellKey.from_row(r).id(): r for r in read_results(out).get("rows", [])}
     for key in select_cells(suite, args.tasks, args.strategies):
         row = done.get(key.id())
-        state = "todo" if row is None else ("failed" if row.get("error") else "done")
-        print(f"{state:6} {key.id()}")
+        why = None if row is None else stale_reason(suite, row)
+        state = "todo" if row is None else ("failed" if row.get("error") else "stale" if why else "done")
+        print(f"{state:6} {key.id()}" + (f" ({why})" if why else ""))
     return 0
 
 
