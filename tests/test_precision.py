@@ -208,3 +208,26 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(assets, tmp_path, 
         fallback, _ = _train(assets, tmp_path / "fallback", max_steps=3, compile=True)
     assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1 and calls == [1]
     assert [r.get("loss") for r in fallback.log] == [r.get("loss") for r in eager.log]
+
+
+@pytest.mark.parametrize("method", ["fgm", "pgd"])
+def test_adversarial_training_under_bf16_autocast(assets, tmp_path, bf16_cpu, method):
+    """The perturbed passes run under the same autocast: bf16 activations, float32 trainable state,
+    a finite loss, and parameters that moved."""
+    model, tokenizer = _wrapped(assets)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    seen = _record_linear_outputs(model)
+    result, model = _train(assets, tmp_path, model=(model, tokenizer), mixed_precision="bf16", adversarial=method)
+    assert (True, torch.bfloat16) in seen
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history if "loss" in h)
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
+    assert moved and all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_distillation_under_bf16_autocast(assets, tmp_path, bf16_cpu):
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(assets["model"])
+    result, _ = _train(assets, tmp_path, mixed_precision="bf16", teacher=teacher, distill_alpha=0.5)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history if "loss" in h)
+    assert "accuracy" in result.metrics
