@@ -106,3 +106,23 @@ def test_student_cell_trains_its_teacher_once_and_scores_the_noisy_test_set(tmp_
     fgm = json.loads(result.read_text())
     assert fgm["status"] == "ok" and json.loads(fgm["train_options"]) == {"adversarial": "fgm"}
     assert "perturbed_accuracy" in fgm
+
+
+def test_report_shows_clean_perturbed_time_ratio_and_gap_closed():
+    from peftkit.bench.report import robustness_section
+
+    def row(strategy, seed, clean, noisy, seconds, base="lora", train_options="{}"):
+        return {"task": "s", "strategy": strategy, "seed": seed, "status": "ok", "metric_name": "accuracy",
+                "metric_value": clean, "perturbed_accuracy": noisy, "train_seconds": seconds, "base_strategy": base,
+                "options": "{}", "quantization": None, "train_options": train_options}
+
+    rows = [row("teacher", s, 0.90, 0.80, 100, base="full") for s in (0, 1)]
+    rows += [row("lora", 0, 0.80, 0.70, 10), row("lora", 1, 0.82, 0.72, 10)]
+    rows += [row("lora-fgm", s, 0.81, 0.75, 20, train_options='{"adversarial": "fgm"}') for s in (0, 1)]
+    rows += [row("lora-kd", s, 0.86, 0.76, 15, train_options='{"teacher": "teacher"}') for s in (0, 1)]
+    text = "\n".join(robustness_section({"rows": rows}))
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "0.810 ± 0.014 | 0.710 ± 0.014 | 0.100" in lines["lora"]
+    assert "| 2.00x |" in lines["lora-fgm"] and "| 1.50x |" in lines["lora-kd"]
+    assert lines["lora-kd"].endswith("| 56% |")  # (0.86 - 0.81) / (0.90 - 0.81)
+    assert robustness_section({"rows": [{**r, "perturbed_accuracy": None} for r in rows]}) == []

@@ -324,10 +324,71 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += [_task_heading(task, info, rows), ""] + _task_table(rows, metric, notes) + [""]
         if len(_sizes(rows)) > 1:
             lines += _sweep_table(rows, metric, order) + [""]
+    lines += robustness_section(results)
     lines += _tuned_section(results) + _baseline_section(results) + _targets_section(results, notes) + _planner_section(results)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.3f}{std}"
+
+
+def _plain_of(by_name: dict[str, list[dict[str, Any]]], row: dict[str, Any]) -> str | None:
+    """The strategy with ``row``'s strategy, options and quantization and no training options of its own."""
+    same = (row.get("base_strategy"), row.get("options"), row.get("quantization"))
+    return next((n for n, rs in by_name.items() if (rs[0].get("base_strategy"), rs[0].get("options"),
+                 rs[0].get("quantization")) == same and rs[0].get("train_options") in (None, "", "{}")), None)
+
+
+def _field_mean(by_name: dict[str, list[dict[str, Any]]], name: str | None, field: str) -> float | None:
+    found = [float(r[field]) for r in by_name.get(name or "", []) if isinstance(r.get(field), (int, float))]
+    return statistics.mean(found) if found else None
+
+
+def robustness_section(results: dict[str, Any], heading: str = "## Robustness") -> list[str]:
+    """Clean against perturbed test metric (a task's ``perturb:``), each cell's train time against its
+    plain cell (same strategy, options and quantization without ``train:`` or ``teacher:``), and, for a
+    distilled cell, the share of the gap between its plain cell and its teacher that it closed. Empty
+    when no row was scored on a perturbed test set."""
+    lines: list[str] = []
+    for task, rows in task_rows(results).items():
+        metric = rows[0].get("metric_name") or "metric"
+        key = f"perturbed_{metric}"
+        rows = [r for r in rows if _ok(r)]
+        if not any(isinstance(r.get(key), (int, float)) for r in rows):
+            continue
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_name.setdefault(r["strategy"], []).append(r)
+
+        lines += [f"{heading}: {task}", "",
+                  f"{metric} on the clean test set and on its perturbed copy (mean ± std over seeds); mean train time "
+                  "against the mean of the same strategy's plain cell; for a distilled cell, the share of the gap "
+                  "between its plain cell and its teacher (means) that distillation closed.", "",
+                  f"| strategy | seeds | clean {metric} | perturbed {metric} | drop | train time (s) | time vs plain "
+                  "| gap to teacher closed |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, members in by_name.items():
+            clean = [float(r["metric_value"]) for r in members]
+            noisy = [float(r[key]) for r in members if isinstance(r.get(key), (int, float))]
+            plain = _plain_of(by_name, members[0])
+            seconds, base_seconds = _field_mean(by_name, name, "train_seconds"), _field_mean(by_name, plain, "train_seconds")
+            ratio = f"{seconds / base_seconds:.2f}x" if seconds and base_seconds and plain != name else ""
+            teacher = json.loads(members[0].get("train_options") or "{}").get("teacher")
+            closed = ""
+            if teacher and plain:
+                t, p = _field_mean(by_name, teacher, "metric_value"), _field_mean(by_name, plain, "metric_value")
+                me = statistics.mean(clean)
+                closed = f"{(me - p) / (t - p):.0%}" if t is not None and p is not None and t != p else ""
+            drop = f"{statistics.mean(clean) - statistics.mean(noisy):.3f}" if noisy else "—"
+            lines.append(f"| {name} | {len(members)} | {_mean_std(clean)} | {_mean_std(noisy)} | {drop} | "
+                         f"{_num(seconds, 1)} | {ratio} | {closed} |")
+        lines.append("")
+    return lines
 
 
 def _tuned_section(results: dict[str, Any]) -> list[str]:
@@ -670,7 +731,8 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
             lines.append(f"- {results['baselines']['task']} `{results['baselines']['strategy']}` train time against "
                          f"{BASELINE_NAMES[item['name']]}: {item['ratio']:.2f}x (goal at most {item['goal']:g}x), accuracy "
                          f"{item['ours']['metric_value']:.4f} against {item['row']['metric_value']:.4f}.")
-    return "\n".join(lines)
+    robust = robustness_section(results, heading="**Robustness**,")
+    return "\n".join(lines + ([""] + robust[:-1] if robust else []))
 
 
 def update_readme(readme: str | Path, output_dir: str | Path) -> Path:
