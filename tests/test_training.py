@@ -126,8 +126,11 @@ def test_same_seed_same_loss_history(assets, tmp_path):
     assert _losses(a) != _losses(c)  # the seed changes batch order and dropout
 
 
-def test_gradient_accumulation_matches_larger_batch(assets, tmp_path):
-    common = dict(model_key="model_nodrop", options={"dropout": 0.0}, group_by_length=False, epochs=1)
+@pytest.mark.parametrize("adversarial", [None, "fgm"])
+def test_gradient_accumulation_matches_larger_batch(assets, tmp_path, adversarial):
+    # FGM's perturbation is normalised per example, so splitting a batch does not change it either
+    common = dict(model_key="model_nodrop", options={"dropout": 0.0}, group_by_length=False, epochs=1,
+                  adversarial=adversarial)
     big, big_model = _train(assets, tmp_path / "big", batch_size=8, **common)
     acc, acc_model = _train(assets, tmp_path / "acc", batch_size=4, gradient_accumulation_steps=2, **common)
     assert len(_losses(big)) == len(_losses(acc)) == 8

@@ -731,7 +731,7 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
             lines.append(f"- {results['baselines']['task']} `{results['baselines']['strategy']}` train time against "
                          f"{BASELINE_NAMES[item['name']]}: {item['ratio']:.2f}x (goal at most {item['goal']:g}x), accuracy "
                          f"{item['ours']['metric_value']:.4f} against {item['row']['metric_value']:.4f}.")
-    robust = robustness_section(results, heading="**Robustness**,")
+    robust = robustness_section(results, heading="**Robustness**")
     return "\n".join(lines + ([""] + robust[:-1] if robust else []))
 
 
