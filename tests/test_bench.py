@@ -278,7 +278,7 @@ def test_cli_handler_errors_and_listing(tmp_path, quick_dir, capsys):
         run_bench(parser.parse_args(["--report", str(tmp_path)]))
     assert run_bench(parser.parse_args([str(QUICK_SUITE), "--list", "--output", str(tmp_path / "none")])) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 16 and all(line.startswith("todo") for line in listed)
+    assert len(listed) == 17 and all(line.startswith("todo") for line in listed)
 
 
 @pytest.mark.slow
