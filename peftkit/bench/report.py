@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,43 @@ def task_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 def _sizes(rows: list[dict[str, Any]]) -> list[Any]:
     return sorted({r.get("train_size") for r in rows}, key=lambda s: (s is None, s or 0))
+
+
+@dataclass
+class TaskView:
+    """One task's rows (`task_rows` order) and what every section asks of them: the one walker over the
+    tasks that results.md, the README section, the robustness tables and the plots share (`task_views`)."""
+
+    name: str
+    info: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @property
+    def metric(self) -> str:
+        return self.info.get("metric") or self.rows[0].get("metric_name") or "metric"
+
+    @property
+    def sweep(self) -> bool:
+        """Whether the task is a data-size sweep (several training-set sizes)."""
+        return len(_sizes(self.rows)) > 1
+
+    def by_strategy(self) -> dict[str, list[dict[str, Any]]]:
+        """{strategy: its rows that succeeded}, in the rows' order."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in self.rows:
+            if _ok(r):
+                groups.setdefault(r["strategy"], []).append(r)
+        return groups
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per strategy (the seeds' mean) at the largest training-set size, baselines left out."""
+        return _largest_size(aggregate([r for r in self.rows if r["strategy"] not in BASELINE_STRATEGIES]))
+
+
+def task_views(results: dict[str, Any]) -> list[TaskView]:
+    """A `TaskView` per task with rows, in the suite's task order."""
+    info = results.get("tasks") or {}
+    return [TaskView(task, info.get(task) or {}, rows) for task, rows in task_rows(results).items()]
 
 
 # --------------------------------------------------------------------------- seeds
@@ -317,13 +355,10 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         "sequence); *train time* = wall time of the training call (tokenizing, training, saving the model) at "
         "the same step budget for every cell of a task; *checkpoint* = the adapter saved with `peftkit.save` "
         "(the whole model for `full`). Failed cells keep their row with the error.", ""]
-    tasks_info = results.get("tasks") or {}
-    for task, rows in task_rows(results).items():
-        info = tasks_info.get(task, {})
-        metric = info.get("metric") or rows[0].get("metric_name") or "metric"
-        lines += [_task_heading(task, info, rows), ""] + _task_table(rows, metric, notes) + [""]
-        if len(_sizes(rows)) > 1:
-            lines += _sweep_table(rows, metric, order) + [""]
+    for view in task_views(results):
+        lines += [_task_heading(view.name, view.info, view.rows), ""] + _task_table(view.rows, view.metric, notes) + [""]
+        if view.sweep:
+            lines += _sweep_table(view.rows, view.metric, order) + [""]
     lines += robustness_section(results)
     lines += _tuned_section(results) + _baseline_section(results) + _targets_section(results, notes) + _planner_section(results)
     if plots:
@@ -356,17 +391,13 @@ def robustness_section(results: dict[str, Any], heading: str = "## Robustness") 
     distilled cell, the share of the gap between its plain cell and its teacher that it closed. Empty
     when no row was scored on a perturbed test set."""
     lines: list[str] = []
-    for task, rows in task_rows(results).items():
-        metric = rows[0].get("metric_name") or "metric"
+    for view in task_views(results):
+        metric = view.metric
         key = f"perturbed_{metric}"
-        rows = [r for r in rows if _ok(r)]
-        if not any(isinstance(r.get(key), (int, float)) for r in rows):
+        by_name = view.by_strategy()
+        if not any(isinstance(r.get(key), (int, float)) for rows in by_name.values() for r in rows):
             continue
-        by_name: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_name.setdefault(r["strategy"], []).append(r)
-
-        lines += [f"{heading}: {task}", "",
+        lines += [f"{heading}: {view.name}", "",
                   f"{metric} on the clean test set and on its perturbed copy (mean ± std over seeds); mean train time "
                   "against the mean of the same strategy's plain cell; for a distilled cell, the share of the gap "
                   "between its plain cell and its teacher (means) that distillation closed.", "",
@@ -607,7 +638,7 @@ def plot_bars(results: dict[str, Any], path: Path, field: str, xlabel: str, titl
 
 
 def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
-    tasks = {t: rows for t, rows in task_rows(results).items() if len(_sizes(rows)) > 1}
+    tasks = {view.name: view.rows for view in task_views(results) if view.sweep}
     if not tasks:
         return None
     style = styles(results)
@@ -674,9 +705,8 @@ def readme_markers(suite: str) -> tuple[str, str]:
 def readme_section(results: dict[str, Any], results_dir: str) -> str:
     """"Choosing a strategy": the metric of every strategy per task, its memory and time, and
     which to pick, all computed from results.json (nothing typed by hand)."""
-    tasks = {t: _largest_size(aggregate([r for r in rows if r["strategy"] not in BASELINE_STRATEGIES]))
-             for t, rows in task_rows(results).items()}
-    tasks = {t: rows for t, rows in tasks.items() if rows}
+    views = task_views(results)
+    tasks = {view.name: rows for view in views if (rows := view.summary())}
     order = [n for n in strategy_order(results) if n not in BASELINE_STRATEGIES]
     run = (results.get("runs") or [{}])[-1]
     m = run.get("machine", {})
@@ -696,10 +726,10 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
         memory = statistics.mean(r["peak_memory_mb"] for r in ok) if ok else None
         seconds = statistics.mean(r["train_seconds"] for r in ok) if ok else None
         lines.append(f"| {name} | {_num(percent, 3)} | " + " | ".join(metrics) + f" | {_num(memory, 0)} | {_num(seconds, 0)} |")
-    for task, rows in task_rows(results).items():
-        if len(_sizes(rows)) > 1:  # a data-size sweep: the metric at every size
-            table = _sweep_table(rows, rows[0].get("metric_name"), order)
-            lines += ["", f"**{task}**, {table[0]}", *table[1:]]
+    for view in views:
+        if view.sweep:  # a data-size sweep: the metric at every size
+            table = _sweep_table(view.rows, view.metric, order)
+            lines += ["", f"**{view.name}**, {table[0]}", *table[1:]]
     untrained = {r["strategy"] for rows in tasks.values() for r in rows if r.get("base_strategy") == "none"}
     scores = {}
     for name in [n for n in order if n not in untrained]:
