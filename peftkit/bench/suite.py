@@ -13,7 +13,9 @@ A suite file (``benchmarks/suites/*.yaml``)::
     device: cpu                      # cpu | cuda | auto
     seeds: [0, 1, 2]                 # every cell runs once per seed; the report shows mean ± std
     budget: {max_steps: 150, batch_size: 32}   # the same for every cell (any TrainConfig field)
-    tune: {trials: 6, max_steps: 100}          # optional: tune each (task, strategy) first (`TUNE_KEYS`)
+    tune: {trials: 6, max_steps: 100}          # optional: tune each (task, strategy) first (`TUNE_KEYS`);
+                                     # max_steps: each trial's length, default the budget's (the cells'); a
+                                     # shorter one is cheaper but chooses the values at that shorter budget
     tasks:
       - name: sst2
         task: classification         # classification | token-classification | causal-lm
@@ -77,7 +79,8 @@ _COLUMN_KEYS = {key for attrs in task_catalog().values()
                 for key in [*(f"{c}_column" for c in attrs.get("columns", {})), *attrs.get("options", {})]}
 _STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization", "seeds", "tune", "train", "teacher"}
 # A suite's (or a strategy's) `tune:` section: `peftkit tune`'s settings for the short search run per
-# (task, strategy) before its cells (peftkit.bench.tune). Anything it does not give comes from the budget.
+# (task, strategy) before its cells (peftkit.bench.tune). Anything it does not give comes from the budget
+# (max_steps too: trials then train as long as the cells; a shorter one chooses at that shorter budget).
 TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_samples", "eval_steps"}
 # Without a validation file, tuning scores on this fraction of train carved off with this seed (load_data's
 # default fraction), and every cell of the task trains without those rows.

@@ -49,12 +49,18 @@ def tune_options(
     suite: Suite, task: TaskSpec, spec: StrategySpec, output: Path | None = None
 ) -> dict[str, Any]:
     """The keywords of `peftkit.tuning.tune` for ``spec`` on ``task`` (what is not tuned is fixed to
-    the suite's values: the budget, the strategy's options and lr when given)."""
+    the suite's values: the budget, the strategy's options and lr when given).
+
+    A trial trains ``tune.max_steps`` steps, by default the cells' own ``max_steps``: the values are
+    chosen at the budget the cells train with. A shorter ``tune.max_steps`` makes the search cheaper
+    but chooses at that shorter budget (a rate best over 150 steps need not be best over 300).
+    """
     from .common import model_source, resolve_device
 
     settings = dict(spec.tune or {})
     budget = suite.budget_for(task)
-    if settings.get("max_steps"):
+    steps = settings.get("max_steps") or budget.get("max_steps")
+    if steps:  # a flag, not a train option, so that trials evaluate every steps/5 (the pruner needs them)
         budget = {k: v for k, v in budget.items() if k not in ("max_steps", "epochs")}
     model, _ = model_source(suite)
     options: dict[str, Any] = dict(
@@ -71,7 +77,7 @@ def tune_options(
         seed=HOLDOUT_SEED,
         max_train_samples=_train_size(task),
         max_eval_samples=settings.get("max_eval_samples"),
-        max_steps=settings.get("max_steps"),
+        max_steps=steps,
         eval_steps=settings.get("eval_steps"),
         trials=settings.get("trials", 6),
         timeout=settings.get("timeout"),
