@@ -9,9 +9,10 @@ strategies asked for, ``seeds: [0 .. N-1]``, a ``tune:`` section) and runs it wi
 `peftkit.bench.runner.run_suite`: each strategy is first tuned briefly on the validation split
 (`peftkit.bench.tune`, never test), then trained with its chosen values once per seed, a process
 per cell; re-running the same command resumes (finished searches and cells are skipped). Then the
-usual report (results.md / csv / json / plots) and ``recommendation.md``: the best mean score, the
-cheapest strategy within noise of it (peak memory, then train time, then checkpoint size), and
-what the planner predicts for ``--budget``, ranked by the scores just measured.
+usual report (results.md / csv / json / plots) and ``recommendation.md``: which strategy to use and
+why, the best mean score, the strategies within noise of it and the cheapest of those (by peak
+memory, train time and trainable parameters), and what the planner predicts for ``--budget``, its
+ranking fed with the scores this run just measured (never the benchmark results shipped with peftkit).
 
 Building the parser imports neither torch nor the bench modules (``peftkit compare --help`` stays light).
 """
@@ -173,6 +174,25 @@ def write_suite(args: argparse.Namespace) -> Path:
 
 # --------------------------------------------------------------------------- the recommendation
 
+# What "cheap" means, in the order `pick` ranks by, with how recommendation.md names and shows each.
+COSTS = (
+    ("peak_memory_mb", "least peak memory", "{:,.0f} MiB"),
+    ("train_seconds", "least training time", "{:,.1f} s"),
+    ("trainable_params", "fewest trainable parameters (smallest checkpoint)", "{:,.0f} trainable parameters"),
+)
+SCORES_SOURCE = "the test scores this compare run just measured (mean over seeds, relative to the best mean)"
+
+
+def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from .bench.report import _ok
+
+    return [r for r in rows if _ok(r) and r.get("base_strategy") != "none"]
+
+
+def _cost(r: dict[str, Any], field: str) -> float:
+    value = r.get(field)
+    return value if isinstance(value, (int, float)) else float("inf")
+
 
 def pick(
     rows: list[dict[str, Any]],
@@ -180,23 +200,27 @@ def pick(
     """(best by mean score, the strategies within noise of it, the cheapest of those) from aggregated rows.
 
     With one seed, nothing is known to be within noise: the candidates are the best alone.
-    Cheapest: lowest peak memory, then train time, then checkpoint size.
+    Cheapest: lowest peak memory, then train time, then trainable parameters (`COSTS`).
     """
-    from .bench.report import _ok, within_noise
+    from .bench.report import within_noise
 
-    ok = [r for r in rows if _ok(r) and r.get("base_strategy") != "none"]
+    ok = _ranked(rows)
     if not ok:
         return None, [], None
     best = max(ok, key=lambda r: r["metric_value"])
     close = [r for r in ok if r is best or within_noise(r, best)]
+    return best, close, min(close, key=lambda r: tuple(_cost(r, field) for field, _, _ in COSTS))
 
-    def cost(r: dict[str, Any]) -> tuple:
-        return tuple(
-            r.get(k) if isinstance(r.get(k), (int, float)) else float("inf")
-            for k in ("peak_memory_mb", "train_seconds", "checkpoint_mb")
-        )
 
-    return best, close, min(close, key=cost)
+def measured_scores(rows: list[dict[str, Any]]) -> dict[tuple[str, str | None], float]:
+    """{(strategy, quantization): mean score / best mean} of aggregated rows: what the planner ranks by."""
+    ok = _ranked(rows)
+    top = max((r["metric_value"] for r in ok), default=0.0)
+    return {
+        (r.get("base_strategy") or r["strategy"], r.get("quantization") or None): r["metric_value"] / top
+        for r in ok
+        if top > 0
+    }
 
 
 def _score(r: dict[str, Any]) -> str:
@@ -206,15 +230,64 @@ def _score(r: dict[str, Any]) -> str:
     return text
 
 
-def _cost(r: dict[str, Any]) -> str:
+def _costs(r: dict[str, Any]) -> str:
     return (
         f"{r.get('peak_memory_mb') or 0:,.0f} MiB peak memory, {r.get('train_seconds') or 0:,.1f} s training, "
+        f"{r.get('trainable_params') or 0:,.0f} trainable parameters, "
         f"{r.get('checkpoint_mb') or 0:,.2f} MiB checkpoint"
     )
 
 
-def recommendation(results: dict[str, Any], budget: str | None = None, plan_text: str | None = None) -> str:
-    """recommendation.md: the best score, the cheapest strategy within noise of it, the planner for ``budget``."""
+def _advice(best: dict[str, Any], close: list[dict[str, Any]], cheap: dict[str, Any], plan: Any) -> str:
+    """The one sentence to act on: which strategy to use, and why."""
+    if best.get("metric_ci95") is None:
+        text = (
+            f"Use `{best['strategy']}`: it scored best; with one seed the noise is unknown, so re-run with "
+            "`--seeds 3` before paying more than a cheaper strategy costs for a small difference"
+        )
+    elif cheap is best:
+        text = f"Use `{best['strategy']}`: it has the best mean" + (
+            " and is also the cheapest of the strategies within noise of it"
+            if len(close) > 1
+            else ", beyond the noise of the others"
+        )
+    else:
+        brief = ", ".join(
+            form.format(cheap[field]) for field, _, form in COSTS if _cost(cheap, field) < float("inf")
+        )
+        against = ", ".join(
+            form.format(best[field]) for field, _, form in COSTS if _cost(best, field) < float("inf")
+        )
+        text = (
+            f"Use `{cheap['strategy']}`: its mean is within noise of the best (`{best['strategy']}`) and it is the "
+            f"cheapest of those, by peak memory, then training time, then trainable parameters ({brief} against "
+            f"{against})"
+        )
+    if plan is not None and plan.budget:
+        from .planner.units import format_bytes
+
+        row = next(
+            (
+                r
+                for r in plan.rows
+                if r.strategy == (cheap.get("base_strategy") or cheap["strategy"]) and not r.quantization
+            ),
+            None,
+        )
+        if row is not None and row.fits is False:
+            text += (
+                f". But the planner predicts `{cheap['strategy']}` needs {format_bytes(row.predicted_peak)}, "
+                f"more than the budget of {format_bytes(plan.budget)}: see the planner's pick below"
+            )
+        elif row is not None and row.fits:
+            text += f"; the planner predicts it fits the budget ({format_bytes(row.predicted_peak)} peak)"
+    return text + "."
+
+
+def recommendation(results: dict[str, Any], budget: str | None = None, plan: Any = None) -> str:
+    """recommendation.md: which strategy to use and why; the best mean, the strategies within noise of it
+    and the cheapest of those by each cost; the planner (a `peftkit.planner.Plan` ranked by the scores
+    just measured, or the text of its error) for ``budget``."""
     from .bench.report import aggregate
 
     rows = aggregate(results.get("rows", []))
@@ -223,46 +296,60 @@ def recommendation(results: dict[str, Any], budget: str | None = None, plan_text
     lines = [f"# Which strategy for this task: {results.get('description', '')}", ""]
     if best is None:
         return "\n".join(lines + ["Every cell failed: see results.md for the errors.", ""])
-    lines.append(f"- **Best {metric} on test**: `{best['strategy']}` {_score(best)}; {_cost(best)}.")
-    others = [r["strategy"] for r in close if r is not best]
+    planned = None if plan is None or isinstance(plan, str) else plan
+    lines += [f"**{_advice(best, close, cheap, planned)}**", ""]
+    mean = "mean " if best.get("metric_std") is not None else ""
+    lines.append(f"- **Best {mean}{metric} on test**: `{best['strategy']}` {_score(best)}; {_costs(best)}.")
+    others = [r for r in close if r is not best]
     if best.get("metric_ci95") is None:
         lines.append(
             "- With one seed the noise is unknown: run with `--seeds 3` to tell real differences from noise."
         )
     elif others:
+        names = ", ".join(f"`{r['strategy']}` {r['metric_value']:.4f}" for r in others)
         lines.append(
-            f"- **Within noise of it** (95% intervals of the means overlap): {', '.join(f'`{n}`' for n in others)}. "
-            "The data cannot rank these; pick by cost."
+            f"- **Within noise of it** (95% intervals of the means overlap): {names}. "
+            "The test set cannot rank these; pick by cost. The cheapest of them:"
         )
+        for field, name, form in COSTS:
+            low = min(close, key=lambda r, f=field: _cost(r, f))
+            if _cost(low, field) < float("inf"):
+                lines.append(f"  - {name}: `{low['strategy']}` ({form.format(low[field])})")
     else:
         lines.append("- No other strategy is within noise of it (95% intervals of the means do not overlap).")
-    if cheap is not best:
-        lines.append(
-            f"- **Cheapest within noise of the best**: `{cheap['strategy']}` {_score(cheap)}; {_cost(cheap)}."
-        )
-    elif others:
-        lines.append("- The best is also the cheapest of those within noise of it.")
+    below = [r["strategy"] for r in _ranked(rows) if not any(r is c for c in close)]
+    if below and best.get("metric_ci95") is not None:
+        lines.append(f"- Below the best beyond noise: {', '.join(f'`{n}`' for n in below)}.")
     failed = [
         r["strategy"] for r in rows if r.get("error") and not isinstance(r.get("metric_value"), (int, float))
     ]
     if failed:
         lines.append(f"- Failed (see results.md): {', '.join(f'`{n}`' for n in failed)}.")
-    if plan_text:
-        lines += [
-            "",
-            f"## The planner for a budget of {budget}" if budget else "## The planner",
-            "",
-            plan_text,
-        ]
+    if plan is not None:
+        lines += ["", f"## The planner for a budget of {budget}" if budget else "## The planner", ""]
+        if isinstance(plan, str):
+            lines.append(plan)
+        else:
+            lines += [
+                f"`peftkit plan`'s predicted peak training memory of each compared strategy, ranked by {SCORES_SOURCE} "
+                "(not by the benchmark results shipped with peftkit). Its pick is the best-measured strategy "
+                "predicted to fit; it weighs neither noise nor cost (the answer above does).",
+                "",
+                "```",
+                plan.to_table(),
+                "```",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def planner_text(args: argparse.Namespace, out: Path) -> str:
-    """`peftkit plan` for the compared strategies (unquantized), ranked by the scores just measured."""
+def planner_plan(args: argparse.Namespace, results: dict[str, Any]) -> Any:
+    """`peftkit plan` for the compared strategies (unquantized), ranked by the scores in ``results``;
+    the text of the error when the planner cannot read this model."""
+    from .bench.report import aggregate
     from .planner import plan
 
     try:
-        result = plan(
+        return plan(
             args.model,
             task=args.task,
             batch_size=args.batch_size,
@@ -271,11 +358,11 @@ def planner_text(args: argparse.Namespace, out: Path) -> str:
             quantization=(None,),
             budget=args.budget,
             device="cuda" if args.device == "cuda" else "cpu",
-            results_dir=out,
+            scores=measured_scores(aggregate(results.get("rows", []))) or None,
+            scores_source=SCORES_SOURCE,
         )
     except (OSError, ValueError) as err:
         return f"The planner could not predict for this model: {err}"
-    return "```\n" + result.to_table() + "\n```"
 
 
 def run_compare(args: argparse.Namespace) -> Path:
@@ -290,7 +377,8 @@ def run_compare(args: argparse.Namespace) -> Path:
         suite, args.output, cell_timeout=args.cell_timeout, progress=not args.no_progress, report=False
     )
     build_report(out)
-    text = recommendation(read_results(out), args.budget, planner_text(args, out))
+    results = read_results(out)
+    text = recommendation(results, args.budget, planner_plan(args, results))
     (out / RECOMMENDATION_MD).write_text(text)
     return out
 

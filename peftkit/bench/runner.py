@@ -6,7 +6,8 @@
 - ``results.json`` is rewritten after every cell; a re-run skips the cells already there
   (keyed by suite / task / strategy / quantization / seed / train size). Failed cells are
   skipped too unless ``retry_failed``. A cell whose learning rate or strategy options changed in
-  the suite file since it ran is run again (`stale_reason`).
+  the suite file since it ran is run again (`stale_reason`); so is a tuned cell whose search is not
+  cached for the current tune settings (OUTPUT/tune/ deleted or the settings changed): tuned again first.
 - At the end: ``results.csv`` (the issue's columns first, in order), ``results.md`` and the
   PNG plots (`peftkit.bench.report`).
 """
@@ -147,9 +148,14 @@ def select_cells(suite: Suite, tasks: list[str] | None = None, strategies: list[
     return [k for k in suite.cells() if (not tasks or k.task in tasks) and (not strategies or k.strategy in strategies)]
 
 
+RETUNE = "re-tune"
+
+
 def stale_reason(suite: Suite, row: dict[str, Any], tuned: dict[str, Any] | None = None) -> str | None:
     """Why a finished row no longer matches the suite file (its lr, options, training options or teacher changed, it was not
-    tuned and now is), else None. ``tuned``: the tuned values its strategy trains with now (tuned.json).
+    tuned and now is, or its tuned values changed), else None. ``tuned``: the finished search its strategy trains with now
+    (tuned.json, `peftkit.bench.tune.cached_tunes`); None for a tuned strategy means there is none for the current tune
+    settings (never run, deleted, or the settings changed): a run then searches again and re-runs the cell (`RETUNE`).
 
     Baseline rows re-train the suite's baseline strategy, so they compare against that one.
     """
@@ -163,7 +169,11 @@ def stale_reason(suite: Suite, row: dict[str, Any], tuned: dict[str, Any] | None
     if spec.tune and row.get("status") == "ok":
         if row.get("tuned_params") in (None, ""):
             return "not tuned yet"
-        params = (tuned or {}).get("params") or json.loads(row.get("tuned_params") or "{}")
+        if tuned is None:
+            return f"{RETUNE}: no finished search for the current tune settings"
+        had, params = json.loads(row["tuned_params"]), tuned.get("params") or {}
+        if had != params:
+            return f"tuned values {json.dumps(had, sort_keys=True)} -> {json.dumps(params, sort_keys=True)}"
         spec = spec.with_tuned(params)
     want_lr = spec.learning_rate()
     if want_lr is None:
@@ -179,10 +189,16 @@ def stale_reason(suite: Suite, row: dict[str, Any], tuned: dict[str, Any] | None
     return None
 
 
+def done_rows(suite: Suite, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{cell id: row} of the rows in ``results`` (results.json) that belong to ``suite``."""
+    return {CellKey.from_row(r).id(): r for r in results.get("rows", []) if r.get("suite") == suite.name}
+
+
 def pending_cells(suite: Suite, cells: list[CellKey], done: dict[str, dict[str, Any]], retry_failed: bool = False,
                   tuned: dict[tuple[str, str], dict[str, Any]] | None = None) -> tuple[list[CellKey], dict[str, str]]:
     """The cells to run: not done yet, failed (with ``retry_failed``), or stale; and why each stale one is.
-    ``tuned``: {(task, strategy): tuned.json} of the searches already finished."""
+    ``tuned``: {(task, strategy): tuned.json} of the searches already finished. ``peftkit bench --list`` asks
+    this too, so that it says what a run would do."""
     tuned = tuned or {}
     stale = {k.id(): why for k in cells
              if k.id() in done and (why := stale_reason(suite, done[k.id()], tuned.get((k.task, k.strategy))))}
@@ -217,7 +233,7 @@ def run_suite(
     suite = load_suite(suite_path)
     out = Path(output_dir) if output_dir else default_output_dir(suite)
     results = read_results(out)
-    done = {CellKey.from_row(r).id(): r for r in results.get("rows", []) if r.get("suite") == suite.name}
+    done = done_rows(suite, results)
     cells = select_cells(suite, tasks, strategies)
     from .tune import cached_tunes, ensure_tuned
 
@@ -238,7 +254,8 @@ def run_suite(
     if skipped and progress:
         print(f"peftkit bench: {skipped} cell(s) already in {out / RESULTS_JSON}, skipped.", file=sys.stderr)
     for cell_id, why in stale.items():
-        print(f"peftkit bench: {cell_id} changed in the suite file ({why}): running it again.", file=sys.stderr)
+        what = why if why.startswith(RETUNE) else f"changed in the suite file ({why})"
+        print(f"peftkit bench: {cell_id} {what}: running it again.", file=sys.stderr)
     if suite.model.gguf_file and todo:
         from .common import convert_gguf
 

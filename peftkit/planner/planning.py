@@ -77,6 +77,7 @@ class Plan:
     rows: list[Row]
     results_used: str | None = None
     scores: dict[tuple[str, str | None], float] | None = None
+    scores_source: str | None = None  # where ``scores`` were measured, as the recommendation names it
     _profiles: list[_Profile] = field(default_factory=list, repr=False)
     _dtype: torch.dtype = field(default=torch.float32, repr=False)
     _recommendation: Recommendation | None = field(default=None, repr=False)
@@ -98,7 +99,7 @@ class Plan:
         """The same plan at another batch size, sequence length or checkpointing setting."""
         other = Plan(self.model, self.task, batch_size or self.batch_size, seq_len or self.seq_len, self.device,
                      self.optimizer, self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
-                     self.budget, [], self.results_used, self.scores, _dtype=self._dtype)
+                     self.budget, [], self.results_used, self.scores, self.scores_source, _dtype=self._dtype)
         for p in self._profiles:
             row = copy.deepcopy(p.row)
             other._profiles.append(_Profile(row, p.structure, p.weights, p.trainable_tensors))
@@ -207,6 +208,7 @@ def plan(
     num_labels: int | None = None,
     scores: Mapping[tuple[str, str | None], float] | None = None,
     results_dir: str | os.PathLike | None = None,
+    scores_source: str | None = None,
     **strategy_options: dict[str, Any],
 ) -> Plan:
     """Predict the peak training memory of every strategy x quantization for ``model``.
@@ -221,6 +223,8 @@ def plan(
     rank strategies by, ``{(strategy, quantization): score}`` with higher better (what
     `benchmark_scores` returns); ``results_dir``: a folder of benchmark results to read them from
     instead. With neither, the recommendation follows `DEFAULT_ORDER` (no file is read).
+    ``scores_source``: where the scores were measured, as the recommendation names it (default: the
+    results folder read, else "the scores passed in").
     """
     from ..parameters import count_parameters
     from ..strategies import STRATEGIES, wrap
@@ -249,10 +253,13 @@ def plan(
             raise ValueError("Pass scores= or results_dir= (a folder to read the scores from), not both.")
         scores, files = benchmark_scores(task, results_dir)
         used = ", ".join(files) if scores else None
+        scores_source = scores_source or f"the benchmark results under {results_dir}"
     config = load_config(model, task, num_labels)
     label = str(model) if not hasattr(model, "to_dict") else getattr(config, "_name_or_path", "") or config.model_type
     result = Plan(label, task, batch_size, seq_len, device, optimizer, gradient_checkpointing, budget_bytes, [],
-                  results_used=used, scores=dict(scores) if scores else None, _dtype=_compute_dtype(config, device))
+                  results_used=used, scores=dict(scores) if scores else None,
+                  scores_source=(scores_source or "the scores passed in") if scores else None,
+                  _dtype=_compute_dtype(config, device))
     twin = None
     twin_checked = False
     for q in quants:

@@ -114,7 +114,7 @@ def recommend(plan: Plan) -> Recommendation:
     if not usable:
         return Recommendation(None, "Every strategy was refused for this model and task; see the errors in the table.")
     scores = plan.scores or {}
-    basis = ("best measured strategy in the shipped benchmark results" if scores
+    basis = (f"best measured strategy in {plan.scores_source or 'the scores passed in'}" if scores
              else f"first in peftkit's default order ({', '.join(DEFAULT_ORDER)}; unquantized first)")
     fitting = [r for r in usable if r.fits is not False]
     if fitting:
