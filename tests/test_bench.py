@@ -195,7 +195,7 @@ def test_shipped_suites_are_valid(monkeypatch, tmp_path):
     suites = {p.stem: load_suite(p) for p in (ROOT / "benchmarks" / "suites").glob("*.yaml")}
     assert set(suites) >= {"main", "llm", "sweep", "quick"}
     main = suites["main"]
-    assert [t.name for t in main.tasks] == ["sst2", "banking77", "conll2003"]
+    assert [t.name for t in main.tasks] == ["sst2", "banking77", "banking77-pairs", "conll2003"]
     assert {s.name for s in main.strategies} == {
         "full", "lora", "lora-dora", "lora-plus", "adalora", "adapter-pfeiffer", "adapter-houlsby", "bitfit", "ia3",
         "prompt", "prefix", "lora-4bit", "lora-8bit", "adapter-4bit", "bitfit-4bit"}
