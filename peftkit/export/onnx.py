@@ -37,7 +37,8 @@ def require_onnx(task: Task) -> None:
     import importlib.util
 
     if task.onnx_refusal is not None:
-        raise ExportRefused([f"ONNX export covers {', '.join(onnx_tasks())} models; {task.name} {task.onnx_refusal}"])
+        covered = ", ".join(onnx_tasks())
+        raise ExportRefused([f"ONNX export covers {covered} models; {task.name} {task.onnx_refusal}"])
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportRefused([f"ONNX export needs {', '.join(missing)}: pip install 'peftkit[export]'"])
@@ -104,8 +105,9 @@ def write_onnx(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Export
     if merged is None:
         report.notes.append(f"{strategy} cannot merge: the wrapped model is traced as it is")
     if task.generative:
-        report.notes.append(f"{task.name} exported without a KV cache: full-sequence logits; for cached generation serve the "
-                            "merged model" + (" or the adapter with vLLM (--format vllm)" if task.vllm_lora else ""))
+        vllm = " or the adapter with vLLM (--format vllm)" if task.vllm_lora else ""
+        report.notes.append(f"{task.name} exported without a KV cache: full-sequence logits; for cached generation "
+                            f"serve the merged model{vllm}")
     graph_model = merged if merged is not None else model
     example = {k: np.concatenate([v, v]) for k, v in ref.batches[1].items()}  # batch 2: neither axis may specialize to 1
     fp32 = tmp / (".fp32.onnx" if int8 else MODEL_FILE)
@@ -140,4 +142,4 @@ def write_onnx(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Export
     axes = {i.name: i.shape for i in sess.get_inputs()}
     report.check("dynamic batch and sequence axes", all(isinstance(d, str) for s in axes.values() for d in s), str(axes))
     report.serve.append(f"onnxruntime.InferenceSession({str(Path(report.output) / MODEL_FILE)!r}) with inputs "
-                        f"{list(axes)} from the tokenizer saved beside it; output 'logits': {task.onnx_output}")
+                        f"{list(axes)} from the tokenizer saved beside it; output {task.onnx_output}")

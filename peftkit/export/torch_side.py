@@ -26,17 +26,17 @@ SAMPLE_TEXTS = [
     "great",
     "it was ok",
 ]
-GENERATION_CHECK = {"max_new_tokens": 2, "do_sample": False}  # a generating pipeline's check: short and greedy
+GENERATION_CHECK = {"max_new_tokens": 2, "do_sample": False}  # a generating pipeline's check: short, greedy
 
 
 def checkpoint_task(meta: dict[str, Any]):
-    """The `peftkit.tasks.Task` a checkpoint's config names; ExportRefused when no registered task has that name."""
+    """The `peftkit.tasks.Task` a checkpoint's config names; ExportRefused when none registered has that name."""
     from ..tasks import get_task
 
     try:
         return get_task(str(meta.get("task")))
     except ValueError as err:
-        raise ExportRefused([f"the checkpoint's task: {err} Import the module that registers it before exporting"]) from None
+        raise ExportRefused([f"the checkpoint's task: {err} Import the module that registers it first"]) from None
 
 
 def load_reference(checkpoint: Path, base_model: str | None):
@@ -68,7 +68,7 @@ def sample_batches(tokenizer, max_length: int = 128) -> list[dict[str, Any]]:
 
 
 def torch_logits(model, batch: dict[str, Any], task: Task):
-    """Logits (numpy float32) of a wrapped or plain model on a numpy batch, run as ``task.logits_inputs`` says."""
+    """Logits (numpy float32) of a wrapped or plain model on a numpy batch (``task.logits_inputs``'s pass)."""
     import torch
 
     device = next(model.parameters()).device  # a quantized base may sit on the GPU
@@ -88,7 +88,7 @@ def max_difference(reference, other, attention_mask) -> float:
 
 
 def read_eval_file(path: str | Path, text_column: str, label_column: str, names: list[str], task: str):
-    """(texts, label ids in the checkpoint's label order) of a labelled csv/tsv/json/jsonl file, read as ``task``'s data.
+    """(texts, label ids in the checkpoint's label order) of a labelled csv/tsv/json/jsonl file (``task``'s data).
 
     Labels are matched to the checkpoint's label names; integer labels whose names the checkpoint
     does not know (SST-2's 0/1 against a checkpoint labelled otherwise) are taken as indices.
@@ -145,8 +145,9 @@ def reference_outputs(model, tokenizer, task: Task, eval_file=None, text_column:
     ref = Reference(task, tokenizer, max_length, batches, [torch_logits(model, b, task) for b in batches])
     if eval_file is not None:
         if not task.export_accuracy:
-            raise ExportRefused([f"--eval measures the accuracy of single-label classifiers; this checkpoint is {task.name}: "
-                                 f"score it on a labelled file with `peftkit eval CHECKPOINT --test FILE` ({task.main_metric})"])
+            raise ExportRefused([f"--eval measures the accuracy of single-label classifiers; this checkpoint is "
+                                 f"{task.name}: score it on a labelled file with `peftkit eval CHECKPOINT --test FILE` "
+                                 f"({task.main_metric})"])
         ref.eval_file = str(eval_file)
         ref.texts, ref.labels = read_eval_file(eval_file, text_column, label_column, label_list(model), task.name)
         ref.accuracy = accuracy(lambda b: torch_logits(model, b, task), tokenizer, ref.texts, ref.labels, max_length)
@@ -220,7 +221,8 @@ def _check_pipeline(folder: Path, task: Task, names: list[str], report: ExportRe
 
     tag = task.pipeline_tag
     pipe = pipeline(tag, model=str(folder), tokenizer=str(folder), device="cpu")
-    shown = task.pipeline_shows(pipe(SAMPLE_TEXTS[1], **task.pipeline_options, **(GENERATION_CHECK if task.generative else {})))
+    options = {**task.pipeline_options, **(GENERATION_CHECK if task.generative else {})}
+    shown = task.pipeline_shows(pipe(SAMPLE_TEXTS[1], **options))
     if task.generative:
         report.check("transformers pipeline loads it and generates", isinstance(shown, str), f"{tag!r} -> {shown!r}")
         return

@@ -95,9 +95,9 @@ def check_adapter(folder: Path, meta: dict[str, Any], base_model: str | None, re
 
     task = TASKS.get(str(meta.get("task")))
     servable = task is not None and task.vllm_lora
-    report.check("a causal-LM adapter", servable, f"task_type {config.get('task_type')}" + ("" if servable else
-                 f" (peftkit task {meta.get('task')}): vLLM serves the LoRA adapters of decoder-only language models; "
-                 "export --format merged (or onnx where the task has a logits-only graph)"))
+    refusal = (f" (peftkit task {meta.get('task')}): vLLM serves the LoRA adapters of decoder-only language models; "
+               "export --format merged (or onnx where the task has a logits-only graph)")
+    report.check("a causal-LM adapter", servable, f"task_type {config.get('task_type')}" + ("" if servable else refusal))
     missing = [k for k in ("r", "lora_alpha", "target_modules") if config.get(k) in (None, [], "")]
     report.check("r, lora_alpha and target_modules present", not missing, f"missing {missing}" if missing else
                  f"r={config['r']}, lora_alpha={config['lora_alpha']}, target_modules={_short(config['target_modules'])}")

@@ -81,12 +81,12 @@ class Task:
     bench_metrics: ClassVar[tuple[str, ...]] = ()  # metrics a suite may name; the first is the default
 
     # --- export (peftkit export)
-    pipeline_tag: ClassVar[str | None] = None  # the transformers pipeline serving a merged export (None: none does)
-    pipeline_options: ClassVar[dict[str, Any]] = {}  # what that pipeline's call needs to read this task's outputs
-    onnx_refusal: ClassVar[str | None] = None  # why a logits-only ONNX graph cannot serve the task, and what to do instead
-    onnx_output: ClassVar[str] = "logits"  # what the ONNX graph's 'logits' output holds, for whoever serves it
-    export_accuracy: ClassVar[bool] = False  # export --eval can score argmax of the logits against one class label per text
-    vllm_lora: ClassVar[bool] = False  # vLLM / TGI serve this task's LoRA adapters (decoder-only generation)
+    pipeline_tag: ClassVar[str | None] = None  # transformers pipeline serving a merged export (None: none)
+    pipeline_options: ClassVar[dict[str, Any]] = {}  # what that pipeline's call needs to read the outputs
+    onnx_refusal: ClassVar[str | None] = None  # why a logits-only ONNX graph cannot serve it, and what to do
+    onnx_output: ClassVar[str] = "logits"  # what the ONNX graph's 'logits' output holds, for its users
+    export_accuracy: ClassVar[bool] = False  # export --eval scores argmax(logits) against one label a text
+    vllm_lora: ClassVar[bool] = False  # vLLM / TGI serve its LoRA adapters (decoder-only generation)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -204,13 +204,16 @@ class Task:
 
     def logits_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments of the plain forward pass whose ``.logits`` an export is checked on
-        (and traced to ONNX), from tokenized ``inputs`` (input_ids, attention_mask, ...). Default: as given."""
+        (and traced to ONNX), from tokenized ``inputs`` (input_ids, attention_mask, ...).
+        Default: the inputs as given."""
         return inputs
 
     def pipeline_shows(self, output: Any) -> list[str] | str | None:
         """What the ``pipeline_tag`` pipeline's output for one text shows: the label names it gave, or
         (generative tasks) the generated text. Only called where ``pipeline_tag`` is set."""
-        raise NotImplementedError(f"{type(self).__name__} sets pipeline_tag but does not read its output: define pipeline_shows.")
+        raise NotImplementedError(
+            f"{type(self).__name__} sets pipeline_tag but does not read its output: define pipeline_shows."
+        )
 
     # ------------------------------------------------------------------ benchmark
 

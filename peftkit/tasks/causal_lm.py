@@ -74,7 +74,7 @@ class CausalLMTask(Task):
     columns = {"prompt": "prompt", "response": "response"}
     bench_metrics = ("exact_match",)
     pipeline_tag = "text-generation"
-    onnx_output = "logits (batch, sequence, vocabulary): the next token's logits at every position (no KV cache)"
+    onnx_output = "logits (batch, sequence, vocabulary): next-token logits at every position (no KV cache)"
     vllm_lora = True
 
     def __init__(self, use_chat_template: bool | None = None):

@@ -47,7 +47,7 @@ class ClassificationTask(Task):
     stratify = True
     bench_metrics = ("accuracy", "f1")
     pipeline_tag = "text-classification"
-    onnx_output = "logits (batch, labels): softmax gives each label's probability; config.json's id2label names them"
+    onnx_output = "logits (batch, labels): softmax gives the probabilities; config.json's id2label names them"
     export_accuracy = True
 
     def __init__(self, label_names: list[str] | None = None):

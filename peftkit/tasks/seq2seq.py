@@ -186,5 +186,5 @@ class Seq2SeqTask(Task):
     # ------------------------------------------------------------------ export
 
     def logits_inputs(self, inputs):
-        """One decoder pass with the source ids as decoder inputs: any fixed decoder input compares two models."""
+        """One decoder pass with the source ids as decoder inputs (any fixed one compares two models)."""
         return {**inputs, "use_cache": False, "decoder_input_ids": inputs["input_ids"]}

@@ -168,5 +168,5 @@ class TokenClassificationTask(Task):
         return {"text": value, "tokens": prediction["tokens"], "labels": prediction["labels"]}
 
     def pipeline_shows(self, output):
-        """The tags of a token-classification pipeline's entities (``{"entity", "word", ...}`` each; "O" left out)."""
+        """The tags of a token-classification pipeline's entities (``{"entity", "word", ...}``; no "O")."""
         return [row["entity"] for row in output]
