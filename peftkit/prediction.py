@@ -10,6 +10,7 @@
   ``{"tokens", "labels", "entities": [{"label", "text", "start", "end", "score"}]}``, entity
   spans being character offsets into the text (BIO/IOB tags grouped into entities)
 - causal LM: ``{"generated"}``, greedy, laid out as in training (`peftkit.tasks`)
+- seq2seq LM: ``{"generated"}``, the decoder's greedy (or beam) output for the source text
 
 ``adapter_names`` (one per text) runs a PEFT model holding several LoRA adapters on a mixed
 batch (PEFT's per-sample adapter selection); ``labels`` gives each text's label names.

@@ -25,8 +25,10 @@ def _checkpoint(base, path, strategy="lora", task="classification", **options):
 
     import peftkit
     from peftkit.introspect import auto_class
+    from peftkit.tasks import task_class
 
-    model = peftkit.wrap(auto_class(task).from_pretrained(base).eval(), strategy, task=task, **options)
+    model = auto_class(task).from_pretrained(base, **task_class(task).model_config).eval()  # a multi-label head's problem_type
+    model = peftkit.wrap(model, strategy, task=task, **options)
     perturb_trainable(model)  # as if trained: the update must change the outputs
     peftkit.save(model, path, tokenizer=AutoTokenizer.from_pretrained(base))
     return path
@@ -258,3 +260,45 @@ def test_causal_lm_merged_export_generates_and_encoder_decoders_are_refused_for_
     with pytest.raises(ExportRefused, match="seq2seq-lm .encoder-decoder. needs a decoder loop.*--format merged"):
         export(t5, tmp_path / "t5-onnx", format="onnx")
     assert not (tmp_path / "t5-onnx").exists()
+
+
+def test_multilabel_exports_merged_for_the_sigmoid_pipeline_and_to_onnx_but_refuses_eval(tmp_path):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    from peftkit.export import ExportRefused, export
+
+    labels = ("card", "fees", "refund")
+    ckpt = _checkpoint(save_tiny_model(tmp_path / "base", labels=labels, dropout=0.0), tmp_path / "multi",
+                       task="multi-label-classification")
+    report = export(ckpt, tmp_path / "merged")
+    assert report.ok and report.metrics["max_abs_logit_diff"] < 1e-5
+    shown = next(c for c in report.checks if c["check"] == "transformers pipeline loads it and shows the real labels")
+    assert shown["ok"] and all(repr(label) in shown["detail"] for label in labels)  # every label, with its own score
+    assert any("top_k=None, function_to_apply='sigmoid'" in s for s in report.serve)
+    rows = pipeline("text-classification", model=str(tmp_path / "merged"))(TEXTS[1], top_k=None, function_to_apply="sigmoid")
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.problem_type == "multi_label_classification"
+    reference, _ = _wrapped_logits(ckpt, TEXTS[1:2])
+    assert {r["label"]: round(r["score"], 5) for r in rows} == {
+        name: round(float(p), 5) for name, p in zip(labels, torch.sigmoid(torch.from_numpy(reference[0])), strict=True)}
+    onnx = export(ckpt, tmp_path / "onnx", format="onnx")
+    assert onnx.ok and onnx.metrics["max_abs_logit_diff"] < 1e-3 and any("a sigmoid gives each label" in s for s in onnx.serve)
+    with pytest.raises(ExportRefused, match="single-label classifiers; this checkpoint is multi-label-classification.*peftkit eval"):
+        export(ckpt, tmp_path / "eval", eval_file=tmp_path / "any.csv")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_seq2seq_exports_merged_and_vllm_refuses_it_with_the_reason(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from peftkit.export import ExportRefused, export
+
+    ckpt = _checkpoint(tiny_model_dir(tmp_path, "t5", "seq2seq-lm", pad_token=True), tmp_path / "t5-lora", task="seq2seq-lm")
+    report = export(ckpt, tmp_path / "merged")
+    assert report.ok and report.metrics["max_abs_logit_diff"] < 1e-4
+    assert not any("pipeline" in c["check"] for c in report.checks)  # transformers 5 has no text-to-text pipeline
+    assert report.serve == [f"transformers.T5ForConditionalGeneration.from_pretrained({str(tmp_path / 'merged')!r})"]
+    merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")
+    assert merged.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3).shape[0] == 1
+    with pytest.raises(ExportRefused, match=r"a causal-LM adapter: task_type SEQ_2_SEQ_LM \(peftkit task seq2seq-lm\)"):
+        export(ckpt, tmp_path / "vllm", format="vllm")

@@ -24,8 +24,8 @@ fastapi = pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from conftest import perturb_trainable  # noqa: E402
 from helpers_loading import tiny_model_dir  # noqa: E402
+from helpers_serve import reference, wrapped_save  # noqa: E402
 from helpers_training import minilm_path, save_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +43,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wrapped_save(base: Path, task: str, out: Path, strategy: str, seed: int, **options) -> Path:
-    import peftkit
-    from peftkit.introspect import auto_class
-
-    model = peftkit.wrap(auto_class(task).from_pretrained(base), strategy, **options)
-    perturb_trainable(model, scale=0.3, seed=seed)
-    peftkit.save(model, out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     """Tiny bases and peftkit checkpoints: 2 LoRA + 1 BitFit classifiers, 1 LoRA tagger, 2 LoRA Llamas."""
@@ -63,12 +53,12 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     ckpt = root / "adapters"
     return {
         "root": root, "adapters": ckpt,
-        "lora1": _wrapped_save(cls, "classification", ckpt / "lora1", "lora", 1, r=4),
-        "lora2": _wrapped_save(cls, "classification", ckpt / "lora2", "lora", 2, r=8, target_modules=["query", "value"]),
-        "bitfit": _wrapped_save(cls, "classification", ckpt / "bitfit", "bitfit", 3),
-        "ner": _wrapped_save(tok, "token-classification", ckpt / "ner", "lora", 4, r=4),
-        "gen1": _wrapped_save(lm, "causal-lm", ckpt / "gen1", "lora", 5, r=4),
-        "gen2": _wrapped_save(lm, "causal-lm", ckpt / "gen2", "lora", 6, r=4),
+        "lora1": wrapped_save(cls, "classification", ckpt / "lora1", "lora", 1, r=4),
+        "lora2": wrapped_save(cls, "classification", ckpt / "lora2", "lora", 2, r=8, target_modules=["query", "value"]),
+        "bitfit": wrapped_save(cls, "classification", ckpt / "bitfit", "bitfit", 3),
+        "ner": wrapped_save(tok, "token-classification", ckpt / "ner", "lora", 4, r=4),
+        "gen1": wrapped_save(lm, "causal-lm", ckpt / "gen1", "lora", 5, r=4),
+        "gen2": wrapped_save(lm, "causal-lm", ckpt / "gen2", "lora", 6, r=4),
     }
 
 
@@ -118,16 +108,6 @@ def predict(srv, adapter, inputs, **extra):
     r = srv.client.post("/v1/predict", json={"adapter": adapter, "inputs": inputs, **extra})
     assert r.status_code == 200, r.text
     return r.json()["predictions"]
-
-
-def reference(path: Path, texts: list[str], max_new_tokens: int = 32):
-    """What `peftkit predict` gives for ``texts``."""
-    from peftkit.checkpoint import read_config
-    from peftkit.cli import _load_checkpoint
-    from peftkit.cli import predict as cli_predict
-
-    model, tokenizer, _ = _load_checkpoint(str(path), None)
-    return cli_predict(model, tokenizer, read_config(path)["task"], texts, max_new_tokens=max_new_tokens)
 
 
 # --------------------------------------------------------------------------- predictions

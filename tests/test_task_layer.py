@@ -122,6 +122,26 @@ def test_a_task_registered_outside_peftkit_loads_trains_evaluates_and_predicts(t
     assert [set(r) for r in out] == [{"score"}, {"score"}]
 
 
+def test_export_asks_a_task_registered_outside_peftkit(tokenizer, tmp_path, toy_task, monkeypatch):
+    """The toy task sets none of the export attributes: a merged export is served with from_pretrained
+    (no pipeline), --eval is refused (no single-label accuracy), and an onnx_refusal is honoured."""
+    import peftkit
+    from peftkit.export import ExportRefused, export
+
+    tiny_bert("toy-regression", tokenizer.vocab_size).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = peftkit.wrap(peftkit.load_model(str(tmp_path / "base"), task="toy-regression")[0], "lora", task="toy-regression", r=4)
+    peftkit.save(model, tmp_path / "ckpt", tokenizer=tokenizer)
+    report = export(tmp_path / "ckpt", tmp_path / "merged")
+    assert report.ok and report.metrics["max_abs_logit_diff"] < 1e-5
+    assert report.serve == [f"transformers.BertForSequenceClassification.from_pretrained({str(tmp_path / 'merged')!r})"]
+    with pytest.raises(ExportRefused, match="single-label classifiers; this checkpoint is toy-regression.*mse"):
+        export(tmp_path / "ckpt", tmp_path / "eval", eval_file=tmp_path / "any.csv")
+    monkeypatch.setattr(toy_task, "onnx_refusal", "(a toy) has no graph; use --format merged")
+    with pytest.raises(ExportRefused, match=r"ONNX export covers classification.* models; toy-regression \(a toy\) has no graph"):
+        export(tmp_path / "ckpt", tmp_path / "onnx", format="onnx")
+
+
 def test_load_options_follow_the_task(tmp_path):
     rows = [{"text": f"t{i}", "label": "ab"[i % 2], "other": "x"} for i in range(10)]
     write_csv(tmp_path / "train.csv", rows)

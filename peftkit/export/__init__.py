@@ -2,7 +2,8 @@
 
 Formats:
 - ``merged``: a plain transformers model (update folded in), tokenizer and real label names;
-  reloaded and compared with the wrapped model, and loaded with a transformers ``pipeline``.
+  reloaded and compared with the wrapped model, and loaded with the task's transformers ``pipeline``
+  where it has one (encoder-decoders have none in transformers 5).
 - ``onnx``: ``model.onnx`` (dynamic batch and sequence axes) + tokenizer + config; onnxruntime's
   logits must match PyTorch's within ``atol`` (1e-3) on batches of several sizes and lengths.
 - ``onnx-int8``: the same graph with int8 weights (onnxruntime dynamic quantization) for CPUs; its
@@ -36,7 +37,8 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str
     """Export the peftkit checkpoint at ``checkpoint`` to the directory ``output`` as ``format``; return the report.
 
     ``eval_file``: a labelled csv/tsv/json/jsonl (``text_column``, ``label_column``) on which the export's
-    accuracy is measured next to the PyTorch model's (classification). ``base_model``: the base model
+    accuracy is measured next to the PyTorch model's (single-label classification: tasks whose
+    ``export_accuracy`` is set). ``base_model``: the base model
     path or id when not the one the checkpoint names. Raises `ExportRefused` (a ValueError) listing
     every reason when the export cannot be written or fails a check; nothing is left behind then.
     """
@@ -60,12 +62,13 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str
         writer = lambda tmp: write_vllm(tmp, checkpoint, meta, base_model, report, config)  # noqa: E731
     else:
         from .onnx import require_onnx
-        from .torch_side import load_reference, reference_outputs
+        from .torch_side import checkpoint_task, load_reference, reference_outputs
 
+        task = checkpoint_task(meta)
         if format.startswith("onnx"):
-            require_onnx(meta.get("task"))  # before the model loads
+            require_onnx(task)  # before the model loads
         model, tokenizer, meta = load_reference(checkpoint, base_model)
-        ref = reference_outputs(model, tokenizer, meta["task"], eval_file, text_column, label_column, max_length)
+        ref = reference_outputs(model, tokenizer, task, eval_file, text_column, label_column, max_length)
         if format == "merged":
             from .torch_side import write_merged
 
@@ -94,7 +97,7 @@ def setup_export_parser(p: argparse.ArgumentParser) -> Callable[[argparse.Namesp
                    help="merged (transformers model, default) | onnx | onnx-int8 (CPU) | vllm (LoRA adapter for vLLM/TGI)")
     p.add_argument("--base-model", help="base model path or id (default: the one the checkpoint names)")
     p.add_argument("--eval", dest="eval_file", metavar="FILE", help="labelled csv/tsv/json/jsonl: report the export's accuracy "
-                   "next to the PyTorch model's (classification)")
+                   "next to the PyTorch model's (single-label classification)")
     p.add_argument("--text-column", default="text", help="text column of --eval (default: text)")
     p.add_argument("--label-column", default="label", help="label column of --eval (default: label)")
     p.add_argument("--max-length", type=int, default=128, help="tokenizer truncation for the checks (default: 128)")

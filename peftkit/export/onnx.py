@@ -2,8 +2,11 @@
 with onnxruntime against the PyTorch model, and int8 dynamic quantization for CPUs.
 
 Mergeable strategies are merged first (a plain graph runs faster); adapters, prefix and prompt tuning
-are traced as wrapped, and refused with the tracer's reason when they do not trace. Causal LMs are
-exported without a KV cache (full-sequence logits); for cached generation use vLLM or optimum.
+are traced as wrapped, and refused with the tracer's reason when they do not trace. The task decides
+the rest (`peftkit.tasks.Task`): the forward pass traced (``logits_inputs``), what the output holds
+(``onnx_output``), or why its models are refused before they load (``onnx_refusal``: encoder-decoders).
+Generative models are exported without a KV cache (full-sequence logits); for cached generation use
+vLLM or optimum.
 """
 
 from __future__ import annotations
@@ -11,23 +14,31 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .report import ExportRefused, ExportReport
 from .torch_side import MODEL_INPUTS, Reference, compare, merge_for_export, record_eval
 
+if TYPE_CHECKING:
+    from ..tasks import Task
+
 MODEL_FILE = "model.onnx"
-EXPORT_TASKS = ("classification", "token-classification", "causal-lm")
 
 
-def require_onnx(task: str) -> None:
+def onnx_tasks() -> tuple[str, ...]:
+    """The registered tasks a logits-only ONNX graph serves (those without an ``onnx_refusal``)."""
+    from ..tasks import TASKS
+
+    return tuple(name for name, cls in TASKS.items() if cls.onnx_refusal is None)
+
+
+def require_onnx(task: Task) -> None:
     """Refuse, before any model loads, a task the ONNX export does not cover, or missing onnx packages."""
     import importlib.util
 
-    if task not in EXPORT_TASKS:
-        raise ExportRefused([f"ONNX export covers {', '.join(EXPORT_TASKS)} models; {task} (encoder-decoder) needs a "
-                             "decoder loop that optimum's exporter writes (pip install optimum[onnxruntime]); "
-                             "use --format merged instead"])
+    if task.onnx_refusal is not None:
+        covered = ", ".join(onnx_tasks())
+        raise ExportRefused([f"ONNX export covers {covered} models; {task.name} {task.onnx_refusal}"])
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportRefused([f"ONNX export needs {', '.join(missing)}: pip install 'peftkit[export]'"])
@@ -50,7 +61,7 @@ def predictor(sess):
     return lambda batch: sess.run(None, {k: batch[k] for k in names})[0]
 
 
-def _logits_module(model, task: str, names: tuple[str, ...]):
+def _logits_module(model, task: Task, names: tuple[str, ...]):
     import torch
 
     class LogitsOnly(torch.nn.Module):
@@ -61,15 +72,12 @@ def _logits_module(model, task: str, names: tuple[str, ...]):
             self.model = model
 
         def forward(self, *tensors):
-            kwargs: dict[str, Any] = dict(zip(names, tensors, strict=True))
-            if task == "causal-lm":
-                kwargs["use_cache"] = False
-            return self.model(**kwargs).logits
+            return self.model(**task.logits_inputs(dict(zip(names, tensors, strict=True)))).logits
 
     return LogitsOnly().eval()
 
 
-def trace_to_onnx(model, task: str, strategy: str, example: dict[str, Any], path: Path) -> None:
+def trace_to_onnx(model, task: Task, strategy: str, example: dict[str, Any], path: Path) -> None:
     """Write ``model`` (its logits) to ``path`` with dynamic batch and sequence axes; ExportRefused if it does not trace."""
     import torch
 
@@ -92,13 +100,14 @@ def write_onnx(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Export
     """model.onnx (fp32, or int8 weights with ``int8``) + tokenizer + config.json, checked with onnxruntime."""
     import numpy as np
 
-    task, strategy = meta["task"], meta["strategy"]
+    task, strategy = ref.task, meta["strategy"]
     merged = merge_for_export(model, strategy)
     if merged is None:
         report.notes.append(f"{strategy} cannot merge: the wrapped model is traced as it is")
-    if task == "causal-lm":
-        report.notes.append("causal LM exported without a KV cache: full-sequence logits; for cached generation serve the merged "
-                            "model or the adapter with vLLM (--format vllm)")
+    if task.generative:
+        vllm = " or the adapter with vLLM (--format vllm)" if task.vllm_lora else ""
+        report.notes.append(f"{task.name} exported without a KV cache: full-sequence logits; for cached generation "
+                            f"serve the merged model{vllm}")
     graph_model = merged if merged is not None else model
     example = {k: np.concatenate([v, v]) for k, v in ref.batches[1].items()}  # batch 2: neither axis may specialize to 1
     fp32 = tmp / (".fp32.onnx" if int8 else MODEL_FILE)
@@ -133,4 +142,4 @@ def write_onnx(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Export
     axes = {i.name: i.shape for i in sess.get_inputs()}
     report.check("dynamic batch and sequence axes", all(isinstance(d, str) for s in axes.values() for d in s), str(axes))
     report.serve.append(f"onnxruntime.InferenceSession({str(Path(report.output) / MODEL_FILE)!r}) with inputs "
-                        f"{list(axes)} from the tokenizer saved beside it; output 'logits'")
+                        f"{list(axes)} from the tokenizer saved beside it; output {task.onnx_output}")

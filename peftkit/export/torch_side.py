@@ -1,14 +1,20 @@
 """The PyTorch side of an export: the reference model, sample inputs of varying batch and length,
-logits to compare against, labelled eval files, and the merged-model export."""
+logits to compare against, labelled eval files, and the merged-model export.
+
+What differs between tasks (the forward pass compared, the pipeline that serves a merged model,
+whether ``--eval`` applies) is asked of the checkpoint's task (`peftkit.tasks.Task`, its export section)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .report import ExportRefused, ExportReport
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SAMPLE_TEXTS = [
@@ -20,8 +26,17 @@ SAMPLE_TEXTS = [
     "great",
     "it was ok",
 ]
-PIPELINE_TASKS = {"classification": "text-classification", "token-classification": "token-classification",
-                  "causal-lm": "text-generation"}  # transformers 5 has no seq2seq pipeline
+GENERATION_CHECK = {"max_new_tokens": 2, "do_sample": False}  # a generating pipeline's check: short, greedy
+
+
+def checkpoint_task(meta: dict[str, Any]):
+    """The `peftkit.tasks.Task` a checkpoint's config names; ExportRefused when none registered has that name."""
+    from ..tasks import get_task
+
+    try:
+        return get_task(str(meta.get("task")))
+    except ValueError as err:
+        raise ExportRefused([f"the checkpoint's task: {err} Import the module that registers it first"]) from None
 
 
 def load_reference(checkpoint: Path, base_model: str | None):
@@ -52,16 +67,12 @@ def sample_batches(tokenizer, max_length: int = 128) -> list[dict[str, Any]]:
     return out
 
 
-def torch_logits(model, batch: dict[str, Any], task: str):
-    """Logits (numpy float32) of a wrapped or plain model on a numpy batch."""
+def torch_logits(model, batch: dict[str, Any], task: Task):
+    """Logits (numpy float32) of a wrapped or plain model on a numpy batch (``task.logits_inputs``'s pass)."""
     import torch
 
     device = next(model.parameters()).device  # a quantized base may sit on the GPU
-    kwargs: dict[str, Any] = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-    if task in ("causal-lm", "seq2seq-lm"):
-        kwargs["use_cache"] = False
-    if task == "seq2seq-lm":  # any fixed decoder input compares two models
-        kwargs["decoder_input_ids"] = kwargs["input_ids"]
+    kwargs = task.logits_inputs({k: torch.from_numpy(v).to(device) for k, v in batch.items()})
     with torch.no_grad():
         return model(**kwargs).logits.float().cpu().numpy()
 
@@ -76,8 +87,8 @@ def max_difference(reference, other, attention_mask) -> float:
     return float(diff.max()) if diff.size else 0.0
 
 
-def read_eval_file(path: str | Path, text_column: str, label_column: str, names: list[str]):
-    """(texts, label ids in the checkpoint's label order) of a labelled csv/tsv/json/jsonl file.
+def read_eval_file(path: str | Path, text_column: str, label_column: str, names: list[str], task: str):
+    """(texts, label ids in the checkpoint's label order) of a labelled csv/tsv/json/jsonl file (``task``'s data).
 
     Labels are matched to the checkpoint's label names; integer labels whose names the checkpoint
     does not know (SST-2's 0/1 against a checkpoint labelled otherwise) are taken as indices.
@@ -87,7 +98,7 @@ def read_eval_file(path: str | Path, text_column: str, label_column: str, names:
     path = str(path)
     if not Path(path).is_file():
         raise ExportRefused([f"--eval {path}: no such file"])
-    data = load_data(None, "classification", train=path, validation=path, text_column=text_column, label_column=label_column)
+    data = load_data(None, task, train=path, validation=path, text_column=text_column, label_column=label_column)
     rows = data["validation"]
     ids, unknown = checkpoint_label_ids(rows.features["label"].names, names)
     if unknown:
@@ -117,7 +128,7 @@ class Reference:
     """What the wrapped PyTorch model gives before anything is merged or traced: logits on sample
     batches and, with an eval file, its labelled rows and accuracy."""
 
-    task: str
+    task: Task
     tokenizer: Any
     max_length: int
     batches: list[dict[str, Any]]
@@ -128,15 +139,17 @@ class Reference:
     accuracy: float | None = None
 
 
-def reference_outputs(model, tokenizer, task: str, eval_file=None, text_column: str = "text", label_column: str = "label",
+def reference_outputs(model, tokenizer, task: Task, eval_file=None, text_column: str = "text", label_column: str = "label",
                       max_length: int = 128) -> Reference:
     batches = sample_batches(tokenizer, max_length)
     ref = Reference(task, tokenizer, max_length, batches, [torch_logits(model, b, task) for b in batches])
     if eval_file is not None:
-        if task != "classification":
-            raise ExportRefused([f"--eval measures accuracy of classification checkpoints; this one is {task}"])
+        if not task.export_accuracy:
+            raise ExportRefused([f"--eval measures the accuracy of single-label classifiers; this checkpoint is "
+                                 f"{task.name}: score it on a labelled file with `peftkit eval CHECKPOINT --test FILE` "
+                                 f"({task.main_metric})"])
         ref.eval_file = str(eval_file)
-        ref.texts, ref.labels = read_eval_file(eval_file, text_column, label_column, label_list(model))
+        ref.texts, ref.labels = read_eval_file(eval_file, text_column, label_column, label_list(model), task.name)
         ref.accuracy = accuracy(lambda b: torch_logits(model, b, task), tokenizer, ref.texts, ref.labels, max_length)
     return ref
 
@@ -181,7 +194,7 @@ def write_merged(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Expo
     its logits against the wrapped model's and, for classifiers, a transformers pipeline showing the real labels."""
     from ..introspect import auto_class
 
-    task = meta["task"]
+    task = ref.task
     merged = merge_for_export(model, meta["strategy"])
     if merged is None:
         from ..strategies import REGISTRY
@@ -190,29 +203,30 @@ def write_merged(tmp: Path, model, tokenizer, meta: dict[str, Any], report: Expo
                              "Export it with --format onnx instead (the wrapped model is traced as it is)"])
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    reloaded = auto_class(task).from_pretrained(tmp).eval()
+    reloaded = auto_class(task.name).from_pretrained(tmp).eval()
     compare(report, ref, lambda b: torch_logits(reloaded, b, task), "merged model (reloaded from disk)", atol)
-    if task in PIPELINE_TASKS:
+    if task.pipeline_tag:
         _check_pipeline(tmp, task, label_list(reloaded), report)
     record_eval(report, ref, lambda b: torch_logits(reloaded, b, task))
-    if task in PIPELINE_TASKS:
-        report.serve.append(f"transformers.pipeline({PIPELINE_TASKS[task]!r}, model={report.output!r})")
+    if task.pipeline_tag:
+        call = "".join(f", {k}={v!r}" for k, v in task.pipeline_options.items())
+        report.serve.append(f"transformers.pipeline({task.pipeline_tag!r}, model={report.output!r})"
+                            + (f"(texts{call})" if call else ""))
     else:
         report.serve.append(f"transformers.{type(reloaded).__name__}.from_pretrained({report.output!r})")
 
 
-def _check_pipeline(folder: Path, task: str, names: list[str], report: ExportReport) -> None:
+def _check_pipeline(folder: Path, task: Task, names: list[str], report: ExportReport) -> None:
     from transformers import pipeline
 
-    pipe = pipeline(PIPELINE_TASKS[task], model=str(folder), tokenizer=str(folder), device="cpu")
-    if task == "causal-lm":
-        out = pipe(SAMPLE_TEXTS[1], max_new_tokens=2, do_sample=False)
-        text = out[0].get("generated_text") if out else None
-        report.check("transformers pipeline loads it and generates", isinstance(text, str), f"'text-generation' -> {text!r}")
+    tag = task.pipeline_tag
+    pipe = pipeline(tag, model=str(folder), tokenizer=str(folder), device="cpu")
+    options = {**task.pipeline_options, **(GENERATION_CHECK if task.generative else {})}
+    shown = task.pipeline_shows(pipe(SAMPLE_TEXTS[1], **options))
+    if task.generative:
+        report.check("transformers pipeline loads it and generates", isinstance(shown, str), f"{tag!r} -> {shown!r}")
         return
-    out = pipe(SAMPLE_TEXTS[1])
-    label = (out[0] if out else {}).get("label") if task == "classification" else (out[0]["entity"] if out else None)
-    ok = label is None or label in names
-    report.check("transformers pipeline loads it and shows the real labels", ok, f"{PIPELINE_TASKS[task]!r} -> {label!r}; labels {names}")
+    ok = all(label in names for label in shown)
+    report.check("transformers pipeline loads it and shows the real labels", ok, f"{tag!r} -> {shown}; labels {names}")
     if all(n.startswith("LABEL_") for n in names):
         report.notes.append("the checkpoint carries no label names (LABEL_0, ...): train with labelled data to name them")

@@ -8,6 +8,7 @@ The rules are vLLM's own (``vllm/lora/peft_helper.py``, ``vllm/lora/lora_model.p
 - adapter bias is not loaded (``bias`` must be "none", no ``lora_bias``);
 - every LoRA tensor must sit on a module vLLM's implementation of the architecture replaces
   (all its linear layers, under their Hugging Face names, plus embeddings where the model lists them).
+Which peftkit tasks' adapters vLLM serves is the task's ``vllm_lora`` (causal-lm's).
 peftkit also refuses what vLLM would load silently wrong: per-layer ``rank_pattern``/``alpha_pattern``
 (vLLM scales every layer by lora_alpha / r), base-modifying initialisations (PiSSA, OLoRA, CorDA, LoftQ:
 the adapter only fits the modified base) and ``trainable_token_indices``.
@@ -90,11 +91,13 @@ def check_adapter(folder: Path, meta: dict[str, Any], base_model: str | None, re
     if not report.check("a PEFT LoRA adapter", peft_type == "LORA", f"peft_type {peft_type}"
                         + ("" if peft_type == "LORA" else "; vLLM loads LoRA only: export --format merged and serve the merged model")):
         return config
-    task_type = config.get("task_type")
-    report.check("a causal-LM adapter", task_type in (None, "CAUSAL_LM"),
-                 f"task_type {task_type}" + ("" if task_type in (None, "CAUSAL_LM") else
-                                              ": peftkit's vLLM export covers causal-LM adapters only; export --format "
-                                              "merged (or onnx for a classifier)"))
+    from ..tasks import TASKS
+
+    task = TASKS.get(str(meta.get("task")))
+    servable = task is not None and task.vllm_lora
+    refusal = (f" (peftkit task {meta.get('task')}): vLLM serves the LoRA adapters of decoder-only language models; "
+               "export --format merged (or onnx where the task has a logits-only graph)")
+    report.check("a causal-LM adapter", servable, f"task_type {config.get('task_type')}" + ("" if servable else refusal))
     missing = [k for k in ("r", "lora_alpha", "target_modules") if config.get(k) in (None, [], "")]
     report.check("r, lora_alpha and target_modules present", not missing, f"missing {missing}" if missing else
                  f"r={config['r']}, lora_alpha={config['lora_alpha']}, target_modules={_short(config['target_modules'])}")

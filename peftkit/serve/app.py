@@ -1,9 +1,10 @@
 """The FastAPI app (`create_app`) and the ``peftkit serve`` entry point (`run`).
 
 Endpoints: ``GET /health``, ``GET /v1/adapters``, ``POST /v1/adapters``, ``DELETE
-/v1/adapters/{name}``, ``POST /v1/predict``, and for causal-LM adapters the OpenAI-style
-``POST /v1/completions`` and ``POST /v1/chat/completions`` (``model`` names the adapter, as vLLM
-does for LoRA modules) plus ``GET /v1/models``. Every error is JSON ``{"error": {"message",
+/v1/adapters/{name}``, ``POST /v1/predict`` (every task: what its ``predict`` returns), and for the
+adapters of generative tasks (causal-lm; seq2seq-lm, whose prompt is the encoder's source text) the
+OpenAI-style ``POST /v1/completions`` and ``POST /v1/chat/completions`` (``model`` names the adapter,
+as vLLM does for LoRA modules) plus ``GET /v1/models``. Every error is JSON ``{"error": {"message",
 "type"}}``; no response carries a traceback (the server log does).
 """
 

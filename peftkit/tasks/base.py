@@ -17,7 +17,13 @@ A task is everything peftkit knows about one kind of problem; data loading, trai
 - prediction: ``parse_input`` (a str or dict from the CLI / HTTP → one input), ``predict``
   (inputs → one dict each), ``present`` (that dict for ``peftkit predict``'s output);
 - benchmark: ``bench_metrics`` (the metric names a suite may pick, first = default) and
-  ``bench_score`` (test metrics of a trained model).
+  ``bench_score`` (test metrics of a trained model);
+- export (`peftkit.export`): ``logits_inputs`` (the forward pass whose logits an export is
+  compared on), ``pipeline_tag`` / ``pipeline_options`` / ``pipeline_shows`` (the transformers
+  pipeline that serves a merged export, and what it shows), ``onnx_refusal`` / ``onnx_output``
+  (whether a logits-only ONNX graph serves the task, and what its output holds),
+  ``export_accuracy`` (``export --eval`` measures argmax accuracy) and ``vllm_lora`` (vLLM and
+  TGI serve its LoRA adapters).
 
 Tasks register themselves: a subclass with a ``name`` enters `REGISTRY` when its module is
 imported (`peftkit.tasks` imports every module in its folder), so adding a task is one file.
@@ -73,6 +79,14 @@ class Task:
 
     # --- benchmark
     bench_metrics: ClassVar[tuple[str, ...]] = ()  # metrics a suite may name; the first is the default
+
+    # --- export (peftkit export)
+    pipeline_tag: ClassVar[str | None] = None  # transformers pipeline serving a merged export (None: none)
+    pipeline_options: ClassVar[dict[str, Any]] = {}  # what that pipeline's call needs to read the outputs
+    onnx_refusal: ClassVar[str | None] = None  # why a logits-only ONNX graph cannot serve it, and what to do
+    onnx_output: ClassVar[str] = "logits"  # what the ONNX graph's 'logits' output holds, for its users
+    export_accuracy: ClassVar[bool] = False  # export --eval scores argmax(logits) against one label a text
+    vllm_lora: ClassVar[bool] = False  # vLLM / TGI serve its LoRA adapters (decoder-only generation)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -185,6 +199,21 @@ class Task:
         """The row ``peftkit predict`` prints for one input and its prediction."""
         shown = value if isinstance(value, dict) else {self.input_columns()[0]: value}
         return {**shown, **prediction}
+
+    # ------------------------------------------------------------------ export
+
+    def logits_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of the plain forward pass whose ``.logits`` an export is checked on
+        (and traced to ONNX), from tokenized ``inputs`` (input_ids, attention_mask, ...).
+        Default: the inputs as given."""
+        return inputs
+
+    def pipeline_shows(self, output: Any) -> list[str] | str | None:
+        """What the ``pipeline_tag`` pipeline's output for one text shows: the label names it gave, or
+        (generative tasks) the generated text. Only called where ``pipeline_tag`` is set."""
+        raise NotImplementedError(
+            f"{type(self).__name__} sets pipeline_tag but does not read its output: define pipeline_shows."
+        )
 
     # ------------------------------------------------------------------ benchmark
 

@@ -73,6 +73,9 @@ class CausalLMTask(Task):
     generative = True
     columns = {"prompt": "prompt", "response": "response"}
     bench_metrics = ("exact_match",)
+    pipeline_tag = "text-generation"
+    onnx_output = "logits (batch, sequence, vocabulary): next-token logits at every position (no KV cache)"
+    vllm_lora = True
 
     def __init__(self, use_chat_template: bool | None = None):
         self.use_chat_template = use_chat_template
@@ -289,3 +292,13 @@ class CausalLMTask(Task):
     def bench_score(self, model, tokenizer, test, *, max_length, batch_size, device, max_new_tokens=32):
         """Exact match of greedy answers against the responses."""
         return {"exact_match": self.exact_match(model, tokenizer, test, max_new_tokens=max_new_tokens, batch_size=batch_size)}
+
+    # ------------------------------------------------------------------ export
+
+    def logits_inputs(self, inputs):
+        """Full-sequence logits, no KV cache (a traced graph has no cache inputs or outputs)."""
+        return {**inputs, "use_cache": False}
+
+    def pipeline_shows(self, output):
+        """The text a text-generation pipeline generated (None when it gave nothing)."""
+        return output[0].get("generated_text") if output else None

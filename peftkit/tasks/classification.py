@@ -46,6 +46,9 @@ class ClassificationTask(Task):
     label_column = "label"
     stratify = True
     bench_metrics = ("accuracy", "f1")
+    pipeline_tag = "text-classification"
+    onnx_output = "logits (batch, labels): softmax gives the probabilities; config.json's id2label names them"
+    export_accuracy = True
 
     def __init__(self, label_names: list[str] | None = None):
         self.label_names = label_names
@@ -167,6 +170,12 @@ class ClassificationTask(Task):
     def present(self, value, prediction):
         shown = value if isinstance(value, dict) else {"text": value}
         return {**shown, "label": prediction["label"], "score": round(prediction["score"], 4)}
+
+    # ------------------------------------------------------------------ export
+
+    def pipeline_shows(self, output):
+        """The labels of a text-classification pipeline's rows (``{"label", "score"}`` each)."""
+        return [row["label"] for row in output]
 
 
 def forward(model, encoding, adapter_names: list[str] | None):

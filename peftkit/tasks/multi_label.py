@@ -73,6 +73,9 @@ class MultiLabelClassificationTask(ClassificationTask):
     options = {"label_separator": None}
     option_help = {"label_separator": "split a label column of strings on this (e.g. '|'); lists need none"}
     bench_metrics = ("micro_f1", "macro_f1", "subset_accuracy")
+    pipeline_options = {"top_k": None, "function_to_apply": "sigmoid"}  # every label, own probability
+    onnx_output = "logits (batch, labels): a sigmoid gives each label's probability; it applies at >= 0.5"
+    export_accuracy = False  # argmax accuracy means nothing for label sets: `peftkit eval` scores micro/macro F1
 
     def __init__(self, label_names: list[str] | None = None, threshold: float = 0.5):
         super().__init__(label_names)

@@ -34,6 +34,10 @@ class Seq2SeqTask(Task):
     generative = True
     columns = {"prompt": "prompt", "response": "response"}
     bench_metrics = ("rougeL", "rouge1", "rouge2", "exact_match", "eval_loss")
+    # transformers 5 has no text-to-text pipeline (pipeline_tag None): a merged export is served with
+    # AutoModelForSeq2SeqLM.generate. ONNX: encoder and decoder are two graphs and a generation loop.
+    onnx_refusal = ("(encoder-decoder) needs a decoder loop that optimum's exporter writes (pip install "
+                    "optimum[onnxruntime]); use --format merged instead")
 
     def __init__(self, max_new_tokens: int = 64, num_beams: int = 1):
         if max_new_tokens < 1 or num_beams < 1:
@@ -178,3 +182,9 @@ class Seq2SeqTask(Task):
 
     def present(self, value, prediction):
         return {"text": value, "generated": prediction["generated"]}
+
+    # ------------------------------------------------------------------ export
+
+    def logits_inputs(self, inputs):
+        """One decoder pass with the source ids as decoder inputs (any fixed one compares two models)."""
+        return {**inputs, "use_cache": False, "decoder_input_ids": inputs["input_ids"]}

@@ -39,6 +39,8 @@ class TokenClassificationTask(Task):
     reads_conll = True
     pre_split_words = True
     bench_metrics = ("f1", "precision", "recall", "accuracy")
+    pipeline_tag = "token-classification"
+    onnx_output = "logits (batch, tokens, labels): each word's label is the argmax at its first sub-token"
 
     def __init__(self, label_names: list[str] | None = None):
         self.label_names = label_names
@@ -164,3 +166,7 @@ class TokenClassificationTask(Task):
 
     def present(self, value, prediction):
         return {"text": value, "tokens": prediction["tokens"], "labels": prediction["labels"]}
+
+    def pipeline_shows(self, output):
+        """The tags of a token-classification pipeline's entities (``{"entity", "word", ...}``; no "O")."""
+        return [row["entity"] for row in output]
