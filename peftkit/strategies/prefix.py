@@ -26,7 +26,6 @@ NOT_MERGEABLE = (
     "into. Keep the adapter (peftkit.save / peftkit.load), or train with 'lora' or 'ia3' if you need a merged model."
 )
 IMPLEMENTATIONS = ("auto", "native", "peft")
-_LANGUAGE_MODELING = ("causal-lm", "seq2seq-lm")
 
 
 class PrefixTuning(Strategy):
@@ -51,7 +50,7 @@ class PrefixTuning(Strategy):
 
     def apply(self, model: nn.Module, task: str, **o) -> nn.Module:
         chosen = o["implementation"]
-        if chosen == "peft" or (chosen == "auto" and task in _LANGUAGE_MODELING):
+        if chosen == "peft" or (chosen == "auto" and _generates(task)):
             config = PrefixTuningConfig(
                 task_type=task_type(task),
                 num_virtual_tokens=o["num_virtual_tokens"],
@@ -146,3 +145,10 @@ def _probe_batch(model: nn.Module, n: int) -> dict[str, torch.Tensor]:
     decoder_ids = probe_token_ids(model, length + 1)
     batch = {"input_ids": ids, "decoder_input_ids": decoder_ids, "decoder_attention_mask": mask(decoder_ids)}
     return {**batch, "use_cache": False} if meta else {**batch, "attention_mask": mask(ids)}
+
+
+def _generates(task) -> bool:
+    """Language-modelling tasks (the ones whose models take past_key_values) keep PEFT's prefix tuning."""
+    from ..tasks import task_class
+
+    return (task_class(task) if isinstance(task, str) else task).generative
