@@ -294,7 +294,10 @@ def prompt_samples(task: Task, model, tokenizer, split, n: int) -> list[dict[str
     rows = split.select(range(min(n, len(split))))
     outputs = task.generate(model, tokenizer, rows["prompt"], max_new_tokens=32)
     references = rows["response"] if "response" in rows.column_names else [None] * len(outputs)
-    return [{"prompt": p, "generated": g, "reference": r} for p, g, r in zip(rows["prompt"], outputs, references, strict=True)]
+    return [
+        {"prompt": p, "generated": g, "reference": r}
+        for p, g, r in zip(rows["prompt"], outputs, references, strict=True)
+    ]
 
 
 def check_gathered(gathered: dict[str, np.ndarray], *keys: str) -> None:
