@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/adversarial_cost.py [--steps 10] [--strategy lora]
 
 The packaged MiniLM, a batch of 32 SST-2 sentences (max length 64), CPU: the training loop's
-step (`peftkit.training._Run._step`'s parts: the clean forward + backward, `Adversary.attack`,
+step (`peftkit.training.loop._Run._step`'s parts: the clean forward + backward, `Adversary.attack`,
 the optimizer step) timed over ``--steps`` steps after one warm-up step, in wall-clock and in
 CPU seconds, and the floating-point operations of one step (torch's FlopCounterMode: the same on
 a busy machine as on an idle one). Expected: FGM about 2x, PGD /
@@ -29,7 +29,7 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def step(model, batch, adversary, loss_of, accelerator, optimizer) -> None:
-    """One training step as the loop runs it (`peftkit.training._Run._step`), without its bookkeeping."""
+    """One training step as the loop runs it (`peftkit.training.loop._Run._step`), without its bookkeeping."""
     batch = dict(batch)  # a new batch object, as the loader gives: the teacher runs once for it
     with adversary.clean_pass():
         accelerator.backward(loss_of(model, batch))

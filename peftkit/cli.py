@@ -160,7 +160,7 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
     p.add_argument("--quantization", choices=quantized, help="load the base model quantized with bitsandbytes; "
                    "QLoRA is --quantization 4bit --strategy lora (default: full precision)")
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data "
-                   f"(default: {constants('training')['DEFAULT_EPOCHS']}, or more on small data to reach --set "
+                   f"(default: {constants('training.config')['DEFAULT_EPOCHS']}, or more on small data to reach --set "
                    f"min_steps={d['min_steps']} optimizer steps)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps, overriding --epochs "
                    f"(default: {_shown(d['max_steps'])})")
@@ -182,7 +182,7 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
                    f"(default: {d['gradient_accumulation_steps']})")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in the "
                    f"backward pass: less memory, slower (default: {_shown(d['gradient_checkpointing'])})")
-    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="mixed precision: bf16 on "
+    p.add_argument("--mixed-precision", choices=constants("training.config")["PRECISIONS"], help="mixed precision: bf16 on "
                    "GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), fp16 on GPUs, auto: bf16 where the "
                    "machine has it; weights and optimizer state stay float32 (default: what `accelerate launch` "
                    "configured, else no)")
@@ -586,7 +586,7 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, batch_size: int) -> No
     p.add_argument("checkpoint", help="a checkpoint directory written by peftkit (e.g. OUTPUT/best)")
     p.add_argument("--base-model", help="base model directory or hub id (default: the one the checkpoint names)")
     p.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"examples per batch (default: {batch_size})")
-    p.add_argument("--mixed-precision", choices=constants("training")["PRECISIONS"], help="run the model under bf16 / "
+    p.add_argument("--mixed-precision", choices=constants("training.config")["PRECISIONS"], help="run the model under bf16 / "
                    "fp16 autocast, as in training (--mixed-precision of peftkit train; default: no)")
 
 

@@ -61,8 +61,8 @@ def class_attributes(module: str, class_name: str) -> dict[str, Any]:
 
 @cache
 def train_defaults() -> dict[str, Any]:
-    """`peftkit.training.TrainConfig`'s field defaults."""
-    return class_attributes("training", "TrainConfig")
+    """`peftkit.training.config.TrainConfig`'s field defaults."""
+    return class_attributes("training.config", "TrainConfig")
 
 
 @cache

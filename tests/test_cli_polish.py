@@ -83,7 +83,7 @@ def test_static_readings_match_the_modules():
     assert strategy_catalog() == {n: {"summary": REGISTRY[n].summary, "default_lr": REGISTRY[n].default_lr,
                                       "plan_rank": REGISTRY[n].plan_rank} for n in STRATEGIES}
     assert (constants("planner.constants")["OPTIMIZERS"], constants("planner.constants")["DEVICES"]) == (OPTIMIZERS, DEVICES)
-    assert constants("training")["PRECISIONS"] == PRECISIONS
+    assert constants("training.config")["PRECISIONS"] == PRECISIONS
 
 
 def test_quantizations_are_defined_once():

@@ -140,6 +140,9 @@ def test_lora_trains_evaluates_predicts_and_reloads(tmp_path, arch):
     result = train(model, tokenizer, data, config, task="seq2seq-lm")
     assert {"eval_loss", "rouge1", "rouge2", "rougeL", "exact_match"} <= set(result.metrics)
     assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("rouge1", "rouge2", "rougeL", "exact_match"))
+    samples = [row["sample"] for row in result.history]  # Task.log_samples, after each evaluation
+    assert samples and all(len(s) == 1 and set(s[0]) == {"prompt", "generated", "reference"} for s in samples)
+    assert samples[0][0]["prompt"] == data["validation"]["prompt"][0]
     texts = list(data["validation"]["prompt"][:3])
     rows = predict_texts(model, tokenizer, "seq2seq-lm", texts, max_new_tokens=4)
     assert [set(r) for r in rows] == [{"generated"}] * 3 and all(

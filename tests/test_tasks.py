@@ -273,6 +273,26 @@ def test_causal_lm_learns_answers_and_exact_match_scores_them(chat, one_thread):
     assert task.exact_match(model, tokenizer, data["validation"], max_new_tokens=8, max_samples=1) == 1.0
 
 
+def test_generative_tasks_log_their_answers_to_the_first_prompts(one_thread):
+    """`Task.log_samples` (what the training log shows after each evaluation): the answers of causal-lm
+    and seq2seq-lm to the first validation prompts with their references; None for the other tasks."""
+    tokenizer = char_tokenizer()
+    model = tiny_causal_lm(len(tokenizer))
+    split = qa_data(PAIRS)["validation"]
+    task = get_task("causal-lm")
+    rows = task.log_samples(model, tokenizer, split, 2)
+    answers = task.generate(model, tokenizer, [p for p, _ in PAIRS[:2]], max_new_tokens=32)
+    expected = [{"prompt": p, "generated": g, "reference": r} for (p, r), g in zip(PAIRS, answers, strict=False)]
+    assert rows == expected
+    seq2seq = get_task("seq2seq-lm")
+    seq2seq.generate = lambda model, tokenizer, prompts, max_new_tokens: [p.upper() for p in prompts]
+    assert seq2seq.log_samples(None, None, split, 9) == [
+        {"prompt": p, "generated": p.upper(), "reference": r} for p, r in PAIRS
+    ]
+    assert task.log_samples(model, tokenizer, Dataset.from_dict({"text": ["no prompts"]}), 2) is None
+    assert get_task("classification").log_samples(model, tokenizer, split, 2) is None
+
+
 def test_exact_match_score_normalizes():
     assert normalize_answer("  Card_Arrival \n") == "card_arrival"
     assert normalize_answer("New   York") == "new york"

@@ -144,6 +144,12 @@ class Task:
 
         return chance_loss(prepared["labels"])
 
+    def log_samples(self, model, tokenizer, split, n: int) -> list[dict[str, Any]] | None:
+        """A few of the model's outputs on the first ``n`` rows of ``split`` (a canonical validation
+        split), shown in the training log after each evaluation; None (the default): the task shows
+        none. The trainer calls it on the main process, in eval mode, without gradients."""
+        return None
+
     # ------------------------------------------------------------------ training
 
     def prepare(self, data, tokenizer, max_length: int = 128):
@@ -307,6 +313,20 @@ def cached_metric(name: str):
     from ..metrics import load_metric
 
     return load_metric(name, keep_in_memory=True)
+
+
+def prompt_samples(task: Task, model, tokenizer, split, n: int) -> list[dict[str, Any]] | None:
+    """``Task.log_samples`` for prompt/response data: the task's ``generate`` answers to the first ``n``
+    prompts of ``split``, with their references."""
+    if "prompt" not in split.column_names:
+        return None
+    rows = split.select(range(min(n, len(split))))
+    outputs = task.generate(model, tokenizer, rows["prompt"], max_new_tokens=32)
+    references = rows["response"] if "response" in rows.column_names else [None] * len(outputs)
+    return [
+        {"prompt": p, "generated": g, "reference": r}
+        for p, g, r in zip(rows["prompt"], outputs, references, strict=True)
+    ]
 
 
 def check_gathered(gathered: dict[str, np.ndarray], *keys: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import IGNORE_INDEX, Task, align_logits, check_gathered, model_inputs, pad_token_id
+from .base import IGNORE_INDEX, Task, align_logits, check_gathered, model_inputs, pad_token_id, prompt_samples
 from .sft_formats import conversation_format, detect_format, to_messages
 
 
@@ -267,6 +267,10 @@ class CausalLMTask(Task):
         finally:
             model.train(was_training)
         return answers
+
+    def log_samples(self, model, tokenizer, split, n):
+        """Greedy answers to the first ``n`` prompts of ``split``, with their references."""
+        return prompt_samples(self, model, tokenizer, split, n)
 
     def exact_match(self, model, tokenizer, dataset, max_new_tokens: int = 32, batch_size: int = 16, max_samples: int | None = None) -> float:
         """Share of ``dataset`` rows whose greedy answer equals "response" (stripped, casefolded)."""

@@ -18,7 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import IGNORE_INDEX, Task, cached_metric, check_gathered, model_inputs, pad_token_id, tokenized
+from .base import (
+    IGNORE_INDEX,
+    Task,
+    cached_metric,
+    check_gathered,
+    model_inputs,
+    pad_token_id,
+    prompt_samples,
+    tokenized,
+)
 
 
 class Seq2SeqTask(Task):
@@ -167,6 +176,10 @@ class Seq2SeqTask(Task):
         finally:
             model.train(was_training)
         return texts
+
+    def log_samples(self, model, tokenizer, split, n):
+        """The model's outputs for the first ``n`` source texts of ``split``, with their references."""
+        return prompt_samples(self, model, tokenizer, split, n)
 
     # ------------------------------------------------------------------ prediction
 
