@@ -17,8 +17,9 @@ The arms are cells of ``benchmarks/suites/trainer_compare.yaml``, which holds ma
 
 Each round runs every arm once, each in its own process (``python -m peftkit.bench.cell ...``, as
 ``benchmarks/results/main/trainer_repeats.md`` did), the order rotated by one arm per round so that no
-arm always runs first. The train time is the cell's timed region (tokenizing, training with any
-compiling, saving the adapter). Per arm the report gives every run's train time (ascending), the median,
+arm always runs first; each compiles cold, in an empty TorchInductor cache of its own (``--warm-cache``:
+the default, shared cache, which later runs reuse). The train time is the cell's timed region
+(tokenizing, training with any compiling, saving the adapter). Per arm the report gives every run's train time (ascending), the median,
 how many times faster than Trainer's defaults and than Trainer's best flags (ratio of medians, and the
 median of the round-by-round ratios), the accuracy, and the seconds spent compiling. The goal: peftkit's
 defaults at least 1.3x faster than Trainer's defaults and no slower than Trainer's best flags, at equal
@@ -35,6 +36,7 @@ import math
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -100,9 +102,12 @@ def suite_with_steps(suite: Path, steps: int, folder: Path) -> Path:
     return path
 
 
-def run_cell(cmd: list[str], result: Path, log: Path) -> dict[str, Any]:
-    """Run one cell process; its result row, with the process's wall and CPU seconds."""
+def run_cell(cmd: list[str], result: Path, log: Path, compile_cache: Path | None = None) -> dict[str, Any]:
+    """Run one cell process; its result row, with the process's wall and CPU seconds (its compile workers
+    included). ``compile_cache``: a TorchInductor cache folder of its own, removed afterwards (a cold compile)."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if compile_cache is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w") as out:
@@ -119,6 +124,8 @@ def run_cell(cmd: list[str], result: Path, log: Path) -> dict[str, Any]:
             "error": f"the cell exited with status {done.returncode} without a result: {tail}",
         }
     row.pop("traceback", None)
+    if compile_cache is not None:
+        shutil.rmtree(compile_cache, ignore_errors=True)
     row.update(
         process_wall_seconds=round(wall, 1), process_cpu_seconds=round(cpu, 1), returncode=done.returncode
     )
@@ -245,6 +252,7 @@ def markdown(record: dict[str, Any]) -> str:
         "```",
         "",
         "Train time: the cell's timed region (tokenizing, training, compiling where asked, saving the adapter). "
+        f"TorchInductor's compile cache: {record.get('compile_cache', 'shared')} (TORCHINDUCTOR_CACHE_DIR). "
         "Speed-up = the other arm's median train time / this arm's (above 1: this arm is faster); in brackets "
         "the median of the ratios within each round.",
         "",
@@ -351,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, default=OUTPUT, help="where the .md and .json go (default: %(default)s)"
     )
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="let the runs share TorchInductor's default cache (default: each run compiles cold, in an empty cache "
+        "of its own, as a user's first run does; a shared cache lets later runs reuse earlier runs' compiled code)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands in run order and exit")
     args = parser.parse_args(argv)
     if args.rounds < 1 or (args.steps is not None and args.steps < 1) or args.train_size < 1:
@@ -380,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         (n, arm): cell_command(suite, arm, args.train_size, work / f"{arm}-r{n}.json") for n, arm in order
     }
     if args.dry_run:
-        for cmd in commands.values():
-            print(shlex.join(cmd))
+        for n, arm in order:
+            cache = "" if args.warm_cache else f"TORCHINDUCTOR_CACHE_DIR={work / f'inductor-{arm}-r{n}'} "
+            print(cache + shlex.join(commands[n, arm]))
         return 0
 
     record: dict[str, Any] = {
@@ -396,11 +411,15 @@ def main(argv: list[str] | None = None) -> int:
             ["python", *cell_command(Path(shown(suite)), arm, args.train_size, Path(f"{arm}.json"))[1:]]
             for arm in args.arms
         ],
+        "compile_cache": "shared (TorchInductor's default)"
+        if args.warm_cache
+        else "cold: an empty one per run",
         "runs": [],
     }
     started = time.perf_counter()
     for i, (n, arm) in enumerate(order, 1):
-        row = run_cell(commands[n, arm], work / f"{arm}-r{n}.json", work / f"{arm}-r{n}.log")
+        cache = None if args.warm_cache else work / f"inductor-{arm}-r{n}"
+        row = run_cell(commands[n, arm], work / f"{arm}-r{n}.json", work / f"{arm}-r{n}.log", cache)
         record["runs"].append({"round": n, "arm": arm, "row": row})
         status = (
             f"{row['train_seconds']:.2f} s train" if _ok(row) else f"FAILED: {row.get('error', '')[:200]}"
