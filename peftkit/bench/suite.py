@@ -560,7 +560,7 @@ def _check_teachers(suite: Suite, where: str) -> None:
                              "strategy of this suite that trains without a teacher (e.g. a full fine-tuning cell).")
 
 
-def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, str] | None:
+def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, Any] | None:
     if raw is None:
         return None
     _typed(raw, where, dict)
