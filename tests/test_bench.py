@@ -19,7 +19,7 @@ from peftkit.bench import SuiteError, load_suite, run_bench, setup_bench_parser
 from peftkit.bench.measure import MemoryProbe, directory_mb, reset_peak_rss
 from peftkit.bench.results import COLUMNS
 from peftkit.bench.runner import run_suite
-from peftkit.bench.suite import BASELINE_STRATEGIES
+from peftkit.bench.suite import BASELINE_STRATEGIES, DEFAULT_BASELINES
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_quick_suite_columns_and_values(quick_dir, quick_results):
         header = next(csv.reader(f))
     assert header[: len(COLUMNS)] == list(COLUMNS)  # exactly the columns, in order, first
     rows = {r["strategy"]: r for r in _rows(quick_results)}
-    assert set(rows) == {s.name for s in suite.strategies} | set(BASELINE_STRATEGIES)
+    assert set(rows) == {s.name for s in suite.strategies} | set(DEFAULT_BASELINES)  # the baselines quick runs
     for name, r in rows.items():
         assert r["suite"] == "quick" and r["task"] == "sentiment" and r["metric_name"] == "accuracy"
         assert r["device"] == "cpu"
@@ -134,7 +134,7 @@ def test_rerun_runs_again_cells_whose_settings_changed(quick_results, tmp_path):
     changed = load_suite(write_suite(tmp_path / "quick.yaml", text))
     done = {CellKey.from_row(r).id(): r for r in json.loads((quick_results / "results.json").read_text())["rows"]}
     todo, stale = pending_cells(changed, select_cells(changed), done)
-    assert {k.strategy for k in todo} == {"lora", "ia3", *BASELINE_STRATEGIES}
+    assert {k.strategy for k in todo} == {"lora", "ia3", *DEFAULT_BASELINES}
     assert "0.0123" in stale["quick/sentiment/lora/none/0/48"] and "query" in stale["quick/sentiment/ia3/none/0/48"]
     same, none_stale = pending_cells(load_suite(QUICK_SUITE), select_cells(load_suite(QUICK_SUITE)), done)
     assert same == [] and none_stale == {}

@@ -1,28 +1,37 @@
-"""The two baselines for the suite's LoRA cell, written the way a user would write them by hand.
+"""The baselines for the suite's LoRA cell, written the way a user would write them by hand.
 
-- ``baseline-trainer``: Hugging Face ``Trainer`` + PEFT ``get_peft_model``.
+- ``baseline-trainer``: Hugging Face ``Trainer`` + PEFT ``get_peft_model``, batches grouped by length
+  as peftkit groups them.
 - ``baseline-accelerate``: a minimal hand-written Accelerate + PEFT loop (the shape of
   Accelerate's ``examples/nlp_example.py``: one ``prepare``, a plain loop, ``backward``).
+- ``baseline-trainer-defaults``: ``Trainer`` + PEFT with ``TrainingArguments`` left at their defaults
+  (random batches, float32, no compiling) except what defines the job: what a user gets.
+- ``baseline-trainer-best``: ``Trainer`` + PEFT with its speed flags: ``group_by_length``,
+  ``torch_compile=True``, and ``bf16=True`` where `peftkit.precision.bf16_pays` (else left off; the
+  row's ``trainer_note`` says why).
 
-Both use the same model, data subset, LoRA configuration (rank, alpha, dropout, the same target
+All use the same model, data subset, LoRA configuration (rank, alpha, dropout, the same target
 modules), learning rate, AdamW with weight decay off biases and LayerNorm weights, linear
 schedule with the same warmup steps, gradient clipping, batch size, step budget, maximum
 length, dynamic padding and seed as the peftkit cell. Their timed region matches peftkit's:
-tokenizing the training texts, training, and saving the adapter. ``Trainer`` groups batches by
-length (``train_sampling_strategy="group_by_length"``, as peftkit does by default); the
-hand-written loop draws plain shuffled batches, as a minimal loop does. Evaluation (accuracy on
-the test split) is timed apart, as for every cell. Nothing of peftkit trains or evaluates here;
-peftkit only reads the LoRA options' defaults and the target modules, so the adapters match.
+tokenizing the training texts, training (compiling included), and saving the adapter. The
+hand-written loop draws plain shuffled batches, as a minimal loop does. A Trainer row records the
+``TrainingArguments`` it passed (``trainer_args``, JSON) and the seconds spent compiling
+(``compile_seconds``). Evaluation (accuracy on the test split) is timed apart, as for every cell.
+Nothing of peftkit trains or evaluates here; peftkit only reads the LoRA options' defaults and the
+target modules, so the adapters match.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from .common import device_label, load_task_data, model_source, preload, resolve_device
-from .measure import MemoryProbe, directory_mb
+from .measure import MemoryProbe, compile_seconds, compile_total, directory_mb
 from .suite import CellKey, Suite
 
 
@@ -65,18 +74,40 @@ def _accuracy(model, tokenizer, test, max_length: int, batch_size: int) -> float
     return correct / len(encoded)
 
 
-def _train_with_trainer(model, tokenizer, train, settings: dict[str, Any], out: Path) -> None:
+def trainer_arguments(strategy: str, settings: dict[str, Any], out: Path) -> tuple[dict[str, Any], str]:
+    """The ``TrainingArguments`` keywords of a Trainer baseline, and a note on a speed flag left off.
+
+    Every one sets the job as the peftkit cell defines it (steps, batch size, lr, schedule and warmup,
+    weight decay, gradient clipping, seed, device) and turns off what the cell does not do (checkpoints,
+    evaluation, trackers); everything else is each baseline's own.
+    """
+    job = {"output_dir": str(out / "trainer"), "max_steps": settings["steps"],
+           "per_device_train_batch_size": settings["batch_size"], "learning_rate": settings["lr"],
+           "weight_decay": settings["weight_decay"], "warmup_steps": settings["warmup"],
+           "lr_scheduler_type": settings["scheduler"], "max_grad_norm": settings["max_grad_norm"] or 0.0,
+           "seed": settings["seed"], "use_cpu": settings["device"] == "cpu", "save_strategy": "no",
+           "eval_strategy": "no", "report_to": "none"}
+    if strategy == "baseline-trainer":  # as peftkit trains: grouped by length, quiet, logging every 10 steps
+        return {**job, "data_seed": settings["seed"], "logging_steps": 10, "disable_tqdm": True,
+                "dataloader_num_workers": 0, "train_sampling_strategy": "group_by_length"}, ""
+    if strategy == "baseline-trainer-defaults":
+        return job, ""
+    if strategy == "baseline-trainer-best":
+        from ..precision import bf16_pays, cpu_name
+
+        on_cpu = settings["device"] == "cpu"
+        bf16 = bf16_pays(on_cpu)
+        note = "" if bf16 else (f"bf16 left off: this CPU, {cpu_name()}, has no native bfloat16" if on_cpu
+                                else "bf16 left off: this GPU has no bfloat16")
+        return {**job, "train_sampling_strategy": "group_by_length", "torch_compile": True, "bf16": bf16}, note
+    raise ValueError(f"{strategy!r} is not a Trainer baseline.")
+
+
+def _train_with_trainer(model, tokenizer, train, settings: dict[str, Any], out: Path, *, arguments: dict[str, Any]) -> None:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     encoded = _tokenize(train, tokenizer, settings["max_length"])
-    args = TrainingArguments(
-        output_dir=str(out / "trainer"), max_steps=settings["steps"], per_device_train_batch_size=settings["batch_size"],
-        learning_rate=settings["lr"], weight_decay=settings["weight_decay"], warmup_steps=settings["warmup"],
-        lr_scheduler_type=settings["scheduler"], max_grad_norm=settings["max_grad_norm"] or 0.0,
-        seed=settings["seed"], data_seed=settings["seed"], logging_steps=10, save_strategy="no", eval_strategy="no",
-        report_to="none", use_cpu=settings["device"] == "cpu", disable_tqdm=True, dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length",
-    )
+    args = TrainingArguments(**arguments)
     Trainer(model=model, args=args, train_dataset=encoded, data_collator=DataCollatorWithPadding(tokenizer)).train()
     model.save_pretrained(out / "adapter")
 
@@ -128,6 +159,9 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
     from ..parameters import count_parameters
     from ..training import TrainConfig
 
+    if not suite.baselines:
+        raise ValueError(f"{suite.path} has no baselines: section; add baselines: {{task: ..., strategy: ...}} to run "
+                         f"{key.strategy}.")
     task = suite.task(key.task)
     spec = suite.strategy(suite.baselines["strategy"])
     device = resolve_device(suite)
@@ -145,7 +179,8 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
     data = load_task_data(task, key.train_size, key.seed)
     labels = label_names(data, task.task)
     row.update(train_samples=len(data["train"]), eval_samples=len(data["test"]))
-    preload(trainer=key.strategy == "baseline-trainer")
+    trainer = key.strategy != "baseline-accelerate"
+    preload(trainer=trainer)
 
     probe = MemoryProbe("cuda" if device == "cuda" else "cpu")
     probe.start()
@@ -157,12 +192,20 @@ def run_baseline(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]
     counts = count_parameters(model)  # counted like every other cell (the head's frozen original once)
     row.update(trainable_params=counts.trainable, total_params=counts.total, trainable_percent=round(counts.percent, 4))
 
-    train = _train_with_trainer if key.strategy == "baseline-trainer" else _train_with_accelerate
-    start, cpu_start = time.perf_counter(), time.process_time()
+    train, arguments = _train_with_accelerate, {}
+    if trainer:
+        arguments, note = trainer_arguments(key.strategy, settings, work_dir)
+        train = functools.partial(_train_with_trainer, arguments=arguments)
+        row.update(trainer_args=json.dumps({k: v for k, v in arguments.items() if k != "output_dir"}, sort_keys=True),
+                   trainer_note=note)
+    row["mixed_precision"] = "bf16" if arguments.get("bf16") else "no"
+    start, cpu_start, compiled = time.perf_counter(), time.process_time(), compile_total()
     train(model, tokenizer, data["train"], settings, work_dir)
     seconds = time.perf_counter() - start
     row.update(train_seconds=round(seconds, 2), train_cpu_seconds=round(time.process_time() - cpu_start, 2),
                samples_per_second=round(config.max_steps * config.batch_size / seconds, 2))
+    if arguments.get("torch_compile"):
+        row["compile_seconds"] = compile_seconds(since=compiled)
 
     start = time.perf_counter()
     accuracy = _accuracy(model, tokenizer, data["test"], task.max_length, config.eval_batch_size or config.batch_size)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import device_label, load_task_data, model_source, preload, resolve_device
-from .measure import MemoryProbe, directory_mb
+from .measure import MemoryProbe, compile_seconds, compile_total, directory_mb
 from .results import COLUMNS, EXTRA_COLUMNS
 from .suite import BASELINE_STRATEGIES, UNTRAINED, CellKey, StrategySpec, Suite, TaskSpec, load_suite
 
@@ -260,7 +260,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     )
     from datasets import DatasetDict
 
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start, compiled = time.perf_counter(), time.process_time(), compile_total()
     peftkit.train(model, tokenizer, DatasetDict(train=data["train"]), config, task=task_obj)
     seconds = time.perf_counter() - start
     row["train_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
@@ -270,6 +270,8 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
         steps = -(-len(data["train"]) // (config.batch_size * config.gradient_accumulation_steps)) * config.epochs
         samples = len(data["train"]) * config.epochs
     row.update(train_seconds=round(seconds, 2), samples_per_second=round(samples / seconds, 2), max_steps=steps)
+    if config.compile:  # how much of the train time went to compiling (None: it fell back to eager at once)
+        row["compile_seconds"] = compile_seconds(since=compiled)
 
     score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
     score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)

@@ -101,3 +101,23 @@ def directory_mb(path) -> float:
     from pathlib import Path
 
     return round(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / MB, 3)
+
+
+# Dynamo's timers of a whole compilation: a frame's forward (tracing, AOTAutograd, Inductor) and a backward
+# compiled lazily at its first call (torch._dynamo.utils.dynamo_timed keys).
+_COMPILE_TIMERS = ("_compile.compile_inner", "backward._backward_impl")
+
+
+def compile_total() -> float:
+    """Seconds ``torch.compile`` has spent compiling in this process so far (recompilations included), read
+    from Dynamo's own timers (0 where nothing was compiled or Dynamo was never imported)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    timers = getattr(utils, "compilation_time_metrics", None) or {}
+    return float(sum(t for key in _COMPILE_TIMERS for t in timers.get(key, ())))
+
+
+def compile_seconds(since: float) -> float | None:
+    """Seconds spent compiling since ``compile_total()`` read ``since``; None where nothing was compiled.
+    Part of a compiled cell's train time."""
+    spent = compile_total() - since
+    return round(spent, 2) if spent > 0 else None

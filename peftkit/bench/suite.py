@@ -39,6 +39,7 @@ A suite file (``benchmarks/suites/*.yaml``)::
       - {name: teacher, strategy: full, train: {max_steps: 400}}
       - {name: lora-kd, strategy: lora, teacher: teacher}   # distilled from the teacher cell of the same seed
     baselines: {task: sst2, strategy: lora}    # optional: HF Trainer and hand-written loop
+      # (run: [baseline-trainer-defaults, baseline-trainer-best] picks other baselines; see BASELINE_STRATEGIES)
     targets: {task: sst2, reference: full, max_gap: {lora: 0.005}}   # optional, for the report
       # (targets may also say, under `tried:`, what was done to meet them; the report prints it)
 
@@ -65,7 +66,12 @@ METRICS = {name: tuple(attrs.get("bench_metrics", ())) for name, attrs in task_c
 TASK_TYPES = tuple(METRICS)
 QUANTIZATIONS = constants("loading")["QUANTIZATIONS"]  # defined in peftkit.loading (read without torch)
 DEVICES = ("cpu", "cuda", "auto")
-BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate")
+# The baselines, in the order the report lists them: HF Trainer + PEFT as peftkit trains (batches grouped by
+# length), a hand-written Accelerate + PEFT loop, and Trainer + PEFT with TrainingArguments' defaults and with
+# its best speed flags (issue 18's comparison; `peftkit.bench.baselines`). A suite's ``baselines: {run: [...]}``
+# picks the ones it runs, by default the first two.
+BASELINE_STRATEGIES = ("baseline-trainer", "baseline-accelerate", "baseline-trainer-defaults", "baseline-trainer-best")
+DEFAULT_BASELINES = BASELINE_STRATEGIES[:2]
 # A cell that trains nothing: the model as loaded, scored on the test split (the "before" row).
 UNTRAINED = "none"
 
@@ -87,7 +93,7 @@ TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_sam
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_SEED = 0
 _PERTURB_KEYS = {"kind", "rate", "seed"}
-_BASELINE_KEYS = {"task", "strategy"}
+_BASELINE_KEYS = {"task", "strategy", "run"}
 _TARGET_KEYS = {"task", "reference", "max_gap", "tried"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -176,7 +182,7 @@ class Suite:
     device: str = "cpu"
     data_dir: Path | None = None
     description: str = ""
-    baselines: dict[str, str] | None = None
+    baselines: dict[str, Any] | None = None
     targets: dict[str, Any] | None = None
     tune: dict[str, Any] | None = None
 
@@ -224,7 +230,7 @@ class Suite:
                         keys.append(CellKey(self.name, t.name, s.name, s.quantization, seed, size))
                         if self.baselines and (t.name, s.name) == (self.baselines["task"], self.baselines["strategy"]) \
                                 and size == t.train_sizes[0]:
-                            keys += [CellKey(self.name, t.name, b, None, seed, size) for b in BASELINE_STRATEGIES]
+                            keys += [CellKey(self.name, t.name, b, None, seed, size) for b in self.baselines["run"]]
         return keys
 
 
@@ -557,7 +563,7 @@ def _check_teachers(suite: Suite, where: str) -> None:
                              "strategy of this suite that trains without a teacher (e.g. a full fine-tuning cell).")
 
 
-def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, str] | None:
+def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, Any] | None:
     if raw is None:
         return None
     _typed(raw, where, dict)
@@ -567,7 +573,12 @@ def _parse_baselines(raw: Any, where: str, suite: Suite) -> dict[str, str] | Non
     if task.task != "classification" or strategy.strategy != "lora" or strategy.quantization:
         raise SuiteError(f"{where}: the baselines re-train an unquantized LoRA cell of a classification task; "
                          f"{task.name}/{strategy.name} is not one.")
-    return {"task": task.name, "strategy": strategy.name}
+    run = _typed(raw.get("run", list(DEFAULT_BASELINES)), f"{where}.run", list)
+    unknown = [name for name in run if name not in BASELINE_STRATEGIES]
+    if not run or unknown or len(set(run)) != len(run):
+        raise SuiteError(f"{where}.run: give one or more different baselines of {', '.join(BASELINE_STRATEGIES)}; "
+                         f"got {run!r}.")
+    return {"task": task.name, "strategy": strategy.name, "run": [b for b in BASELINE_STRATEGIES if b in run]}
 
 
 def _parse_targets(raw: Any, where: str, suite: Suite) -> dict[str, Any] | None:
