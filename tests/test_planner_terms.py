@@ -18,7 +18,9 @@ def bert(tmp_path_factory):
 
 
 def lora(model: str, **settings):
-    return plan(model, batch_size=8, seq_len=32, strategies=["lora"], quantization=[None], **settings).row("lora")
+    return plan(model, batch_size=8, seq_len=32, strategies=["lora"], quantization=[None], **settings).row(
+        "lora"
+    )
 
 
 def test_distinct_batches_are_bounded_by_steps_data_and_lengths():
@@ -55,7 +57,9 @@ def test_adversarial_passes_add_cpu_memory(bert):
 
 def test_cuda_column_uses_the_checkpoint_dtype(tmp_path):
     path = str(save_tiny_config(tmp_path / "llama", "llama", dtype="bfloat16"))
-    settings = dict(task="causal-lm", batch_size=2, seq_len=16, strategies=["full", "lora"], quantization=[None])
+    settings = dict(
+        task="causal-lm", batch_size=2, seq_len=16, strategies=["full", "lora"], quantization=[None]
+    )
     cpu, cuda = plan(path, **settings), plan(path, **settings, device="cuda")
     for name in ("full", "lora"):
         assert cpu.row(name).cuda_peak == cuda.row(name).predicted_peak == cuda.row(name).cuda_peak
@@ -72,9 +76,15 @@ def test_bench_cells_plan_with_their_training_options(tmp_path, bert):
     from peftkit.bench.cell import plan_cell
     from peftkit.bench.suite import StrategySpec
 
-    spec = StrategySpec(name="lora-gc", strategy="lora", options={"r": 4},
-                        train={"gradient_checkpointing": True, "adversarial": "fgm", "lr_scheduler": "linear"})
-    result = plan_cell(bert, "classification", spec, 8, 32, "cpu", num_labels=2, train_samples=64, max_steps=20)
+    spec = StrategySpec(
+        name="lora-gc",
+        strategy="lora",
+        options={"r": 4},
+        train={"gradient_checkpointing": True, "adversarial": "fgm", "lr_scheduler": "linear"},
+    )
+    result = plan_cell(
+        bert, "classification", spec, 8, 32, "cpu", num_labels=2, train_samples=64, max_steps=20
+    )
     assert result.gradient_checkpointing and result.adversarial == "fgm"
     assert (result.train_size, result.max_steps) == (64, 20)
 
