@@ -653,6 +653,12 @@ def setup_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", nargs="+", choices=quantizations, default=quantizations,
                    help="base-model precisions to plan (default: none 8bit 4bit)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="plan with gradient checkpointing (default: off)")
+    p.add_argument("--train-size", type=int, default=None, metavar="N", help="training examples (with --max-steps: how "
+                   "many differently padded batches the CPU allocator sees; default: a few hundred steps)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="optimizer steps of the run (default: unknown)")
+    p.add_argument("--adversarial", choices=list(constants("adversarial")["METHODS"]), default=None,
+                   help="plan adversarial training's extra passes (default: none)")
+    p.add_argument("--adv-steps", type=int, default=2, metavar="N", help="pgd / freelb ascent steps (default: 2)")
     p.add_argument("--optimizer", default="adamw", choices=memory["OPTIMIZERS"], help=f"{', '.join(memory['OPTIMIZERS'])} (default: adamw)")
     p.add_argument("--device", default="cpu", choices=memory["DEVICES"], help="where training runs (default: cpu)")
     p.add_argument("--num-labels", type=int, default=None, metavar="N", help="labels of a classification head (default: the config's)")

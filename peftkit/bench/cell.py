@@ -172,21 +172,42 @@ def keep_teacher(suite: Suite, key: CellKey, adapter_dir: Path) -> None:
 # --------------------------------------------------------------------------- the planner
 
 
+# the TrainConfig options that change what a step holds, passed on to the planner under the same names
+PLANNED_TRAIN_OPTIONS = ("gradient_checkpointing", "adversarial", "adv_steps")
+
+
+def plan_cell(model_path: str, task: str, strategy: StrategySpec, batch_size: int, seq_len: int, device: str,
+              num_labels: int | None = None, train_samples: int | None = None, max_steps: int | None = None,
+              gguf_file: str | None = None):
+    """The planner's `Plan` of one cell: its strategy, options, training options and data size.
+
+    ``gguf_file``: the model is that GGUF file in ``model_path`` (its config is read from the file's header)."""
+    from ..planner import plan
+
+    model: Any = model_path
+    if gguf_file:
+        from transformers import AutoConfig
+
+        model = AutoConfig.from_pretrained(model_path, gguf_file=gguf_file)
+    options = {strategy.strategy: dict(strategy.options)} if strategy.options else {}
+    train = {k: v for k, v in strategy.train.items() if k in PLANNED_TRAIN_OPTIONS and v is not None}
+    return plan(model, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy.strategy],
+                quantization=(strategy.quantization,), device=device, num_labels=num_labels,
+                train_size=train_samples or None, max_steps=max_steps or None, **train, **options)
+
+
 def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_size: int, seq_len: int,
-                      device: str, num_labels: int | None = None) -> tuple[float | None, str]:
+                      device: str, num_labels: int | None = None, train_samples: int | None = None,
+                      max_steps: int | None = None, gguf_file: str | None = None) -> tuple[float | None, str]:
     """The planner's predicted peak (MiB) for one cell, and a note; (None, why) when unavailable.
 
     Kept in this one function so that a change in `peftkit.planner` is fixed here alone.
     """
     try:
-        from ..planner import plan
+        row = plan_cell(model_path, task, strategy, batch_size, seq_len, device, num_labels, train_samples,
+                        max_steps, gguf_file).rows[0]
     except ImportError:
         return None, "planner not available (peftkit.planner)"
-    try:
-        options = {strategy.strategy: dict(strategy.options)} if strategy.options else {}
-        result = plan(model_path, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy.strategy],
-                      quantization=(strategy.quantization,), device=device, num_labels=num_labels, **options)
-        row = result.rows[0]
     except Exception as err:  # noqa: BLE001 - a planner bug must not fail the measured cell
         return None, f"planner failed: {type(err).__name__}: {err}"
     if getattr(row, "error", None):
@@ -233,6 +254,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     probe = MemoryProbe("cuda" if device == "cuda" else "cpu")
     probe.start()
     model_path, extra = model_source(suite)
+    gguf_file = extra.get("gguf_file")
     model, tokenizer = peftkit.load_model(model_path, task=task.task, labels=labels, quantization=spec.quantization, **extra)
     task_obj = get_task(task.task)
     if untrained:  # the "before" row: the model as loaded, scored like every other cell
@@ -281,7 +303,8 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
 
     seq_len = longest_input(task_obj, tokenizer, data["train"], task.max_length)
     predicted, note = predicted_peak_mb(model_path, task.task, spec, config.batch_size, seq_len, device,
-                                        num_labels=len(labels) if labels else None)
+                                        num_labels=len(labels) if labels else None,
+                                        train_samples=len(data["train"]), max_steps=steps, gguf_file=gguf_file)
     row.update(seq_len=seq_len, predicted_peak_memory_mb=predicted, prediction_note=note, status="ok")
     return row
 

@@ -335,7 +335,7 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
     if not results.get("rows"):
         raise ValueError(f"{out / RESULTS_JSON} has no rows to predict.")
     suite = load_suite(suite_path or results["suite_file"])
-    model_path, _ = model_source(suite)
+    model_path, extra = model_source(suite)
     device = resolve_device(suite)
     num_labels = label_counter(suite)
     for row in results["rows"]:
@@ -346,7 +346,8 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
         if row.get("tuned_params"):  # the options the cell trained with (tuning may have chosen some)
             spec = spec.with_tuned(json.loads(row["tuned_params"]))
         predicted, note = predicted_peak_mb(model_path, task.task, spec, int(row["batch_size"]), int(row["seq_len"]), device,
-                                            num_labels=num_labels(row))
+                                            num_labels=num_labels(row), train_samples=row.get("train_samples"),
+                                            max_steps=row.get("max_steps"), gguf_file=extra.get("gguf_file"))
         row.setdefault("previous_predicted_peak_memory_mb", row.get("predicted_peak_memory_mb"))
         row.update(predicted_peak_memory_mb=predicted, prediction_note=note or "re-predicted from the cell's settings")
     from .cell import versions

@@ -29,15 +29,21 @@ and adds up, per row:
   token and block, `CPU_TEMPORARIES_HIDDEN` and friends); on CUDA, the backward's largest
   gradients. Language-model heads add float32 log-probabilities over the vocabulary.
 - **overhead**: what a real training run holds beyond those, fitted per device: on the CPU the
-  allocator's retained blocks after hundreds of steps over batches of varying length, the
-  tokenized data, the runtime (`CPU_OVERHEAD_BYTES`), plus, for a quantized base, part of the
-  float weights read while loading it (`KBIT_RETAINED`).
+  runtime plus the blocks glibc's allocator keeps after differently padded batches, which grows
+  with the log of how many distinct batch shapes the run sees (``train_size``, ``max_steps``,
+  ``seq_len`` bound them: `distinct_batches`) and with the step's activations; plus, for a
+  quantized base, part of the float weights read while loading it (`KBIT_RETAINED`). Adversarial
+  training (``adversarial``, ``adv_steps``) adds to the CPU activations a share of one pass's
+  activations per extra pass (`ADVERSARIAL_PASS_SHARE`).
+- **cuda peak** (every row, whatever ``device``): the same run on one CUDA GPU as
+  ``torch.cuda.max_memory_allocated`` counts it, with the weights in the checkpoint's dtype; the
+  CUDA context (~400 MiB, `CUDA_CONTEXT_BYTES`) is not in it.
 
 The per-token CPU temporaries were measured on fixed-length batches of the packaged MiniLM;
-the overhead terms were fitted on the `calibration` benchmark suite (real data, 200 steps,
-`benchmarks/calibrate_memory.py --fit`), and the other suites' cells (other tasks, batch
-sizes, lengths, another model) are the held-out check: `benchmarks/results/*/results.md`,
-section "Planner". The CUDA constants are estimates until a GPU suite is committed.
+the overhead terms were fitted on the `calibration`, `calibration_llm` and `sweep` benchmark
+suites (`benchmarks/calibrate_memory.py --fit`), and the other suites' cells are the held-out
+check (`python benchmarks/planner_check.py` writes benchmarks/results/planner_check.md). The CUDA
+constants are estimates checked against PEFT's published Llama-3.2-3B runs (same file).
 
 ``predicted_peak = weights + gradients + optimizer_states + activations + overhead``.
 

@@ -36,6 +36,8 @@ def run_plan(args: argparse.Namespace) -> int:
                       strategies=args.strategies, quantization=[None if q == "none" else q for q in args.quantization],
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer,
                       budget=args.budget, device=args.device, num_labels=args.num_labels,
+                      train_size=getattr(args, "train_size", None), max_steps=getattr(args, "max_steps", None),
+                      adversarial=getattr(args, "adversarial", None), adv_steps=getattr(args, "adv_steps", 2),
                       results_dir=plan_scores_dir(getattr(args, "scores", None)))
     except (OSError, ValueError) as err:
         print(f"peftkit plan: error: {err}", file=sys.stderr)

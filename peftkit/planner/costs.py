@@ -8,7 +8,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .constants import CPU_GATED_TEMPORARIES_SCALE, CPU_TEMPORARIES_HIDDEN
+from .constants import (
+    ADVERSARIAL_PASS_SHARE,
+    CPU_GATED_TEMPORARIES_SCALE,
+    CPU_RUNTIME_BYTES,
+    CPU_SHAPE_BYTES,
+    CPU_SHAPE_SHARE,
+    CPU_TEMPORARIES_HIDDEN,
+    DEFAULT_DISTINCT_BATCHES,
+)
 from .structure import _bnb_kind, _Structure
 
 # --------------------------------------------------------------------------- the arithmetic
@@ -126,3 +134,37 @@ def activation_bytes(s: _Structure, batch: int, seq: int, device: str, act_size:
     else:
         saved += batch * s.num_labels * 4 + batch * h * act_size * 2
     return int(saved), int(temporaries)
+
+
+def distinct_batches(batch_size: int, seq_len: int, train_size: int | None = None, max_steps: int | None = None) -> int:
+    """How many differently shaped batches a run sees (dynamic padding pads each to its longest).
+
+    At most one per step, one per batch of the training set (peftkit's sampler keeps the same
+    batches each epoch while the set fits one sorting chunk: 64 examples at batch 32 give two
+    shapes however many steps run), and one per padded length (``seq_len`` values).
+    ``DEFAULT_DISTINCT_BATCHES`` when neither the steps nor the training-set size are known.
+    """
+    bounds = [b for b in (max_steps, math.ceil(train_size / batch_size) if train_size else None) if b]
+    count = min(bounds) if bounds else DEFAULT_DISTINCT_BATCHES
+    return max(1, min(count, seq_len))
+
+
+def cpu_overhead_bytes(batches: int, activations: int) -> int:
+    """The CPU's overhead beyond the weights, gradients, optimizer states and activations: the runtime,
+    plus what glibc's allocator keeps after ``batches`` differently shaped steps (constants.py)."""
+    return int(CPU_RUNTIME_BYTES + math.log2(max(1, batches)) * (CPU_SHAPE_BYTES + CPU_SHAPE_SHARE * activations))
+
+
+def adversarial_passes(adversarial: str | None, adv_steps: int = 2) -> int:
+    """Forward/backward passes per training step: 1, 2 with fgm, ``adv_steps`` + 1 with pgd/freelb."""
+    if not adversarial:
+        return 1
+    return 2 if adversarial == "fgm" else 1 + int(adv_steps)
+
+
+def adversarial_bytes(passes: int, activations: int, device: str) -> int:
+    """What the extra passes of adversarial training keep beyond one pass's activations (CPU only:
+    the caching allocator on CUDA reuses the earlier pass's blocks)."""
+    if device != "cpu" or passes <= 1:
+        return 0
+    return int((passes - 1) * ADVERSARIAL_PASS_SHARE * activations)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,8 +14,17 @@ import torch
 
 from ..introspect import check_task
 from ..loading import QUANTIZATIONS
-from .constants import DEVICES, KBIT_RETAINED, OPTIMIZERS, OVERHEAD_BYTES
-from .costs import _dtype_bytes, activation_bytes, optimizer_bytes, weight_bytes
+from .constants import CUDA_CONTEXT_BYTES, DEVICES, KBIT_RETAINED, OPTIMIZERS, OVERHEAD_BYTES
+from .costs import (
+    _dtype_bytes,
+    activation_bytes,
+    adversarial_bytes,
+    adversarial_passes,
+    cpu_overhead_bytes,
+    distinct_batches,
+    optimizer_bytes,
+    weight_bytes,
+)
 from .recommendation import Recommendation, benchmark_scores, recommend
 from .skeleton import _probe_twin, _quiet, build_skeleton, load_config
 from .structure import _Structure, read_structure
@@ -36,6 +46,7 @@ class Row:
     activations: int = 0
     overhead: int = 0
     predicted_peak: int = 0
+    cuda_peak: int = 0  # the same run on a CUDA device (torch.cuda.max_memory_allocated, no CUDA context)
     fits: bool | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -60,6 +71,8 @@ class _Profile:
     structure: _Structure | None
     weights: int = 0
     trainable_tensors: list[tuple[int, int]] = field(default_factory=list)  # (values, bytes per value)
+    cuda_weights: int = 0  # the same in the dtypes a CUDA run uses (the checkpoint's)
+    cuda_trainable_tensors: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -78,8 +91,13 @@ class Plan:
     results_used: str | None = None
     scores: dict[tuple[str, str | None], float] | None = None
     scores_source: str | None = None  # where ``scores`` were measured, as the recommendation names it
+    train_size: int | None = None
+    max_steps: int | None = None
+    adversarial: str | None = None
+    adv_steps: int = 2
     _profiles: list[_Profile] = field(default_factory=list, repr=False)
     _dtype: torch.dtype = field(default=torch.float32, repr=False)
+    _cuda_dtype: torch.dtype = field(default=torch.float32, repr=False)
     _recommendation: Recommendation | None = field(default=None, repr=False)
 
     @property
@@ -99,10 +117,11 @@ class Plan:
         """The same plan at another batch size, sequence length or checkpointing setting."""
         other = Plan(self.model, self.task, batch_size or self.batch_size, seq_len or self.seq_len, self.device,
                      self.optimizer, self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
-                     self.budget, [], self.results_used, self.scores, self.scores_source, _dtype=self._dtype)
+                     self.budget, [], self.results_used, self.scores, self.scores_source, self.train_size,
+                     self.max_steps, self.adversarial, self.adv_steps, _dtype=self._dtype, _cuda_dtype=self._cuda_dtype)
         for p in self._profiles:
             row = copy.deepcopy(p.row)
-            other._profiles.append(_Profile(row, p.structure, p.weights, p.trainable_tensors))
+            other._profiles.append(dataclasses.replace(p, row=row))
             other.rows.append(row)
             _price(other, other._profiles[-1])
         return other
@@ -111,7 +130,8 @@ class Plan:
         return {
             "model": self.model, "task": self.task, "batch_size": self.batch_size, "seq_len": self.seq_len,
             "device": self.device, "optimizer": self.optimizer, "gradient_checkpointing": self.gradient_checkpointing,
-            "budget": self.budget, "rows": [r.to_dict() for r in self.rows],
+            "budget": self.budget, "train_size": self.train_size, "max_steps": self.max_steps,
+            "adversarial": self.adversarial, "adv_steps": self.adv_steps, "rows": [r.to_dict() for r in self.rows],
             "recommendation": self.recommend.to_dict(), "results_used": self.results_used,
         }
 
@@ -121,7 +141,7 @@ class Plan:
     def to_table(self) -> str:
         """A fixed-width table in human units, then the recommendation."""
         head = ("strategy", "quant", "trainable", "trainable %", "weights", "grads", "optimizer", "activations",
-                "overhead", "peak", "fits")
+                "overhead", "peak", "cuda peak", "fits")
         lines = []
         for r in self.rows:
             if r.error:
@@ -131,9 +151,9 @@ class Plan:
             fits = "-" if r.fits is None else ("yes" if r.fits else "no")
             lines.append((r.strategy, r.quantization or "-", f"{r.trainable:,}", f"{pct:.3f}", format_bytes(r.weights),
                           format_bytes(r.gradients), format_bytes(r.optimizer_states), format_bytes(r.activations),
-                          format_bytes(r.overhead), format_bytes(r.predicted_peak), fits))
+                          format_bytes(r.overhead), format_bytes(r.predicted_peak), format_bytes(r.cuda_peak), fits))
         widths = [max(len(head[c]), *(len(x[c]) for x in lines if len(x) == len(head))) for c in range(len(head))]
-        right = {2, 3, 4, 5, 6, 7, 8, 9}
+        right = {2, 3, 4, 5, 6, 7, 8, 9, 10}
 
         def fmt(cells):
             if len(cells) != len(head):
@@ -144,11 +164,20 @@ class Plan:
         title = (f"peftkit plan: {self.model} ({self.task}), batch {self.batch_size} x seq {self.seq_len}, "
                  f"{self.optimizer}, {self.device}{', gradient checkpointing' if self.gradient_checkpointing else ''}{budget}")
         out = [title, "", fmt(head), "  ".join("-" * w for w in widths)] + [fmt(x) for x in lines]
+        out += ["", self.cuda_note()]
         out += ["", "Recommendation: " + str(self.recommend)]
         return "\n".join(line.rstrip() for line in out)
 
     def __str__(self) -> str:
         return self.to_table()
+
+    def cuda_note(self) -> str:
+        """What the "cuda peak" column assumes."""
+        dtype = str(self._cuda_dtype).removeprefix("torch.")
+        return (f"cuda peak: the same run on one CUDA GPU, as torch.cuda.max_memory_allocated counts it: frozen weights "
+                f"in {dtype} (the checkpoint's dtype), adapters, gradients and AdamW states in float32 (full "
+                f"fine-tuning: {dtype}), fused attention, no process RSS; add ~{CUDA_CONTEXT_BYTES // 2**20} MiB of CUDA "
+                "context for what nvidia-smi shows, and the caching allocator's reserve for max_memory_reserved.")
 
 
 def _short(error: str) -> str:
@@ -160,20 +189,38 @@ def _price(plan: Plan, profile: _Profile) -> None:
     row = profile.row
     if row.error:
         return
-    # hidden states run in the model's dtype; k-bit preparation keeps norms and embeddings in float32
-    act_size = 4 if row.quantization else _dtype_bytes(plan._dtype)
-    row.weights = profile.weights
-    row.gradients = sum(n * size for n, size in profile.trainable_tensors)
-    row.optimizer_states = optimizer_bytes(profile.trainable_tensors, plan.optimizer)
-    saved, temporaries = activation_bytes(profile.structure, plan.batch_size, plan.seq_len, plan.device, act_size,
-                                          plan.gradient_checkpointing)
-    row.activations = saved + temporaries
-    row.overhead = OVERHEAD_BYTES[plan.device]
-    if plan.device == "cpu" and row.quantization:
-        constant, share = KBIT_RETAINED[row.quantization]
-        row.overhead += int(constant + share * 4 * profile.structure.quantized_values)
-    row.predicted_peak = row.weights + row.gradients + row.optimizer_states + row.activations + row.overhead
+    parts = _parts(plan, profile, plan.device)
+    row.weights, row.gradients, row.optimizer_states, row.activations, row.overhead = parts
+    row.predicted_peak = sum(parts)
+    row.cuda_peak = row.predicted_peak if plan.device == "cuda" else sum(_parts(plan, profile, "cuda"))
     row.fits = None if plan.budget is None else row.predicted_peak <= plan.budget
+
+
+def _parts(plan: Plan, profile: _Profile, device: str) -> tuple[int, int, int, int, int]:
+    """(weights, gradients, optimizer states, activations, overhead) of ``profile`` trained on ``device``."""
+    row, structure = profile.row, profile.structure
+    cuda = device == "cuda" and plan.device != "cuda"  # the CUDA column of a CPU plan: the CUDA dtypes
+    weights = profile.cuda_weights if cuda else profile.weights
+    tensors = profile.cuda_trainable_tensors if cuda else profile.trainable_tensors
+    dtype = plan._cuda_dtype if cuda else plan._dtype
+    # hidden states run in the model's dtype; k-bit preparation keeps norms and embeddings in float32
+    act_size = 4 if row.quantization else _dtype_bytes(dtype)
+    if plan.adversarial:  # the perturbation is added to the embeddings' output: gradients reach every block
+        structure = dataclasses.replace(structure, input_grads=True, first_block=0.0)
+    saved, temporaries = activation_bytes(structure, plan.batch_size, plan.seq_len, device, act_size,
+                                          plan.gradient_checkpointing)
+    activations = saved + temporaries
+    activations += adversarial_bytes(adversarial_passes(plan.adversarial, plan.adv_steps), activations, device)
+    if device == "cpu":
+        batches = distinct_batches(plan.batch_size, plan.seq_len, plan.train_size, plan.max_steps)
+        overhead = cpu_overhead_bytes(batches, saved + temporaries)
+        if row.quantization:
+            constant, share = KBIT_RETAINED[row.quantization]
+            overhead += int(constant + share * 4 * structure.quantized_values)
+    else:
+        overhead = OVERHEAD_BYTES[device]
+    gradients = sum(n * size for n, size in tensors)
+    return weights, gradients, optimizer_bytes(tensors, plan.optimizer), activations, overhead
 
 
 # --------------------------------------------------------------------------- plan()
@@ -194,6 +241,15 @@ def _compute_dtype(config, device: str) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
+def _sizes(wrapped, strategy: str, quantization: str | None, dtype: torch.dtype) -> tuple[int, list[tuple[int, int]]]:
+    """(weight bytes, trainable tensors as (values, bytes per value)) with the model in ``dtype``."""
+    frozen_dtype = torch.float32 if quantization else dtype
+    trained_dtype = frozen_dtype if strategy == "full" else torch.float32
+    size = _dtype_bytes(trained_dtype)
+    return (weight_bytes(wrapped, frozen_dtype, trained_dtype),
+            [(p.numel(), size) for p in wrapped.parameters() if p.requires_grad])
+
+
 def plan(
     model: Any,
     task: str = "classification",
@@ -209,6 +265,10 @@ def plan(
     scores: Mapping[tuple[str, str | None], float] | None = None,
     results_dir: str | os.PathLike | None = None,
     scores_source: str | None = None,
+    train_size: int | None = None,
+    max_steps: int | None = None,
+    adversarial: str | None = None,
+    adv_steps: int = 2,
     **strategy_options: dict[str, Any],
 ) -> Plan:
     """Predict the peak training memory of every strategy x quantization for ``model``.
@@ -225,6 +285,11 @@ def plan(
     instead. With neither, the recommendation follows `DEFAULT_ORDER` (no file is read).
     ``scores_source``: where the scores were measured, as the recommendation names it (default: the
     results folder read, else "the scores passed in").
+    ``train_size`` (examples) and ``max_steps``: how many differently padded batches the run sees,
+    which sets what the CPU allocator keeps (`distinct_batches`); unknown: a few hundred steps.
+    ``adversarial`` ("fgm", "pgd", "freelb") and ``adv_steps``: the extra passes of adversarial
+    training (TrainConfig's options of the same names). Every row also prices the same run on CUDA
+    (``Row.cuda_peak``, in the checkpoint's dtype).
     """
     from ..parameters import count_parameters
     from ..strategies import STRATEGIES, wrap
@@ -233,9 +298,15 @@ def plan(
     device = str(device).split(":")[0]  # "cuda:0" plans like "cuda"
     _check_choice("device", device, DEVICES)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("adv_steps", adv_steps),
+                        ("train_size", train_size or 1), ("max_steps", max_steps or 1)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    adversarial = None if adversarial in (None, "", "none") else adversarial
+    if adversarial is not None:
+        from ..adversarial import METHODS
+
+        _check_choice("adversarial", adversarial, METHODS)
     quants = [quantization] if quantization is None or isinstance(quantization, str) else list(quantization)
     quants = [None if q in (None, "none", "None", "") else q for q in quants]
     for q in quants:
@@ -258,8 +329,9 @@ def plan(
     label = str(model) if not hasattr(model, "to_dict") else getattr(config, "_name_or_path", "") or config.model_type
     result = Plan(label, task, batch_size, seq_len, device, optimizer, gradient_checkpointing, budget_bytes, [],
                   results_used=used, scores=dict(scores) if scores else None,
-                  scores_source=(scores_source or "the scores passed in") if scores else None,
-                  _dtype=_compute_dtype(config, device))
+                  scores_source=(scores_source or "the scores passed in") if scores else None, train_size=train_size,
+                  max_steps=max_steps, adversarial=adversarial, adv_steps=adv_steps,
+                  _dtype=_compute_dtype(config, device), _cuda_dtype=_compute_dtype(config, "cuda"))
     twin = None
     twin_checked = False
     for q in quants:
@@ -296,11 +368,8 @@ def plan(
             if row.error is None:
                 counts = count_parameters(wrapped)
                 row.trainable, row.total = counts.trainable, counts.total
-                frozen_dtype = torch.float32 if q else result._dtype
-                trained_dtype = frozen_dtype if name == "full" else torch.float32
-                profile.weights = weight_bytes(wrapped, frozen_dtype, trained_dtype)
-                size = _dtype_bytes(trained_dtype)
-                profile.trainable_tensors = [(p.numel(), size) for p in wrapped.parameters() if p.requires_grad]
+                profile.weights, profile.trainable_tensors = _sizes(wrapped, name, q, result._dtype)
+                profile.cuda_weights, profile.cuda_trainable_tensors = _sizes(wrapped, name, q, result._cuda_dtype)
                 profile.structure = read_structure(wrapped, config, task, q)
             result.rows.append(row)
             result._profiles.append(profile)
