@@ -3,12 +3,69 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Tests that start processes are marked `subprocess` (deselect them with -m "not subprocess"). Every
+# subprocess.Popen is counted, so a test that starts one without the mark fails and says so, and the run
+# ends with what each group cost (CI's log shows the suite's wall time and where it went).
+_PROCESSES = {"started": 0}
+_popen_init = subprocess.Popen.__init__
+
+
+_REPO = str(Path(__file__).resolve().parents[1])
+
+
+def _counting_popen_init(self, *args, **kwargs):
+    """Counts the processes started from this repository's code (tests, peftkit, recipes), not the ones that
+    libraries start for themselves (platform's `uname -p`, torch.compile's worker pool)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == subprocess.__file__:
+        frame = frame.f_back
+    if frame is not None and frame.f_code.co_filename.startswith(_REPO) \
+            and "site-packages" not in frame.f_code.co_filename:
+        _PROCESSES["started"] += 1
+    _popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _counting_popen_init
+_GROUP_SECONDS: dict[str, float] = {}
+_GROUP_COUNTS: dict[str, int] = {}
+_SESSION_START = time.perf_counter()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    before = _PROCESSES["started"]
+    result = yield
+    started = _PROCESSES["started"] - before
+    if started and item.get_closest_marker("subprocess") is None:
+        pytest.fail(f"{item.nodeid} started {started} process(es) without @pytest.mark.subprocess; add the mark "
+                    "(tests that start processes are marked so they can be deselected and timed).", pytrace=False)
+    return result
+
+
+def pytest_runtest_logreport(report):
+    group = "subprocess" if "subprocess" in report.keywords else "slow" if "slow" in report.keywords else "other"
+    _GROUP_SECONDS[group] = _GROUP_SECONDS.get(group, 0.0) + report.duration
+    if report.when == "call":
+        _GROUP_COUNTS[group] = _GROUP_COUNTS.get(group, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _GROUP_COUNTS:
+        return
+    parts = [f"{group} {_GROUP_COUNTS.get(group, 0)} tests {_GROUP_SECONDS.get(group, 0.0):.0f} s"
+             for group in ("subprocess", "slow", "other") if group in _GROUP_COUNTS]
+    terminalreporter.write_line(f"wall time {time.perf_counter() - _SESSION_START:.0f} s: " + "; ".join(parts)
+                                + " (setup, call and teardown; slow = marked slow, not subprocess)")
 
 VOCAB = 96
 

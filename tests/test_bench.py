@@ -102,6 +102,7 @@ def test_planner_prediction_is_recorded(quick_results):
     assert rows and all(float(r["predicted_peak_memory_mb"]) > 0 for r in rows), [r["prediction_note"] for r in rows]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_rerun_skips_done_cells(quick_results, monkeypatch):
     from peftkit.bench import runner
@@ -140,6 +141,7 @@ def test_rerun_runs_again_cells_whose_settings_changed(quick_results, tmp_path):
     assert same == [] and none_stale == {}
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_report_rebuilds_markdown_and_plots(quick_results):
     for name in ("results.md", "metric_vs_params.png", "peak_memory.png", "train_time.png"):
@@ -157,6 +159,7 @@ def test_report_rebuilds_markdown_and_plots(quick_results):
     assert not (quick_results / "sweep.png").exists()  # one training size: no sweep plot
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_timeout_is_recorded_and_suite_goes_on(quick_dir, tmp_path):
     out = tmp_path / "results"
@@ -266,6 +269,7 @@ def test_missing_data_dir_says_how_to_fix(tmp_path, monkeypatch):
         load_suite(write_suite(tmp_path / "s.yaml", text))
 
 
+@pytest.mark.subprocess
 def test_cli_handler_errors_and_listing(tmp_path, quick_dir, capsys):
     import argparse
 

@@ -186,6 +186,7 @@ def test_tuned_suite_cells_and_holdout(tmp_path, quick_dir):
     )
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_tuned_suite_end_to_end_and_cached(tmp_path, quick_dir, capsys):
     from peftkit.bench.runner import run_suite
@@ -254,6 +255,7 @@ def _listed(capsys, suite, out) -> dict[str, str]:
     }
 
 
+@pytest.mark.subprocess
 def test_list_says_what_a_run_would_do_with_tuned_cells(tmp_path, quick_dir, capsys, monkeypatch):
     """--list reads the cached searches as a run does: a tuned cell whose search is missing (deleted, or the
     tune settings changed) is todo (re-tune), and a run then tunes it again and re-runs exactly those cells."""
@@ -338,6 +340,7 @@ DEMO_FILES = (
 )
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -355,6 +358,7 @@ def test_compare_refuses_bad_input(tmp_path, flags, message):
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
+@pytest.mark.subprocess
 def test_compare_help_is_torch_free():
     code = (
         "import sys; from peftkit.cli import build_parser; print(build_parser()[1]['compare'].format_help()); "
@@ -431,6 +435,7 @@ def test_recommendation_says_what_to_use_and_feeds_the_planner_the_scores_just_m
     )
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_compare_end_to_end_on_data_it_never_saw(tmp_path):
     """Issue 12's "done when": compare on a new dataset (its own columns, three string labels)."""

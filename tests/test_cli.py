@@ -106,6 +106,7 @@ def test_errors_are_reported_with_the_fix(assets, tmp_path, capsys):
         main(["predict", str(tmp_path)])
 
 
+@pytest.mark.subprocess
 def test_ls_and_the_console_script():
     proc = run(["peftkit", "ls"])
     assert proc.returncode == 0, proc.stderr

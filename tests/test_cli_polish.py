@@ -38,6 +38,7 @@ def _error(capsys) -> str:
 # --------------------------------------------------------------------------- light imports (item 13)
 
 
+@pytest.mark.subprocess
 def test_help_ls_and_every_subcommand_help_import_no_torch():
     probe = ("import sys, contextlib, io\nfrom peftkit.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
              "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
@@ -48,6 +49,7 @@ def test_help_ls_and_every_subcommand_help_import_no_torch():
         assert proc.stdout.strip().splitlines()[-1] == "[]", (argv, proc.stdout[-500:])
 
 
+@pytest.mark.subprocess
 def test_import_peftkit_is_lazy_and_keeps_every_name():
     code = ("import sys, peftkit\nlight = 'torch' not in sys.modules\nnames = {n: getattr(peftkit, n) for n in peftkit.__all__}\n"
             "print(light, set(peftkit.__all__) <= set(dir(peftkit)), callable(names['wrap']), peftkit.TrainConfig().batch_size)")
@@ -60,6 +62,7 @@ def test_import_peftkit_is_lazy_and_keeps_every_name():
         peftkit.no_such_name  # noqa: B018
 
 
+@pytest.mark.subprocess
 def test_version_flag():
     from peftkit import __version__
     from peftkit.cli import main
@@ -261,6 +264,7 @@ def test_interrupt_and_debug(monkeypatch, capsys):
         cli.main(["ls"])
 
 
+@pytest.mark.subprocess
 def test_errors_through_the_console_script(tmp_path):
     proc = run([sys.executable, "-m", "peftkit.cli", "predict", str(tmp_path / "nowhere"), "--text", "hi"])
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -323,6 +327,7 @@ def test_shipped_config_parses_with_peftkit_train(config):
     assert f"peftkit train --config recipes/configs/{config.name}" in config.read_text()
 
 
+@pytest.mark.subprocess
 @needs_minilm
 def test_a_shipped_config_runs_with_peftkit_train(tmp_path):
     """The hub id in the config resolves to the packaged MiniLM, offline."""
@@ -347,6 +352,7 @@ def test_prompt_template():
 # --------------------------------------------------------------------------- bitsandbytes (item 14)
 
 
+@pytest.mark.subprocess
 def test_no_bitsandbytes_without_quantization_and_no_kernels_message(trained):
     code = ("import sys\nfrom peftkit.data import load_data\nfrom peftkit.loading import load_model\n"
             f"load_model({str(trained['model'])!r}, task='classification')\n"
@@ -359,6 +365,7 @@ def test_no_bitsandbytes_without_quantization_and_no_kernels_message(trained):
     assert "kernels-community" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.subprocess
 def test_training_prints_no_kernels_message(trained, tmp_path):
     d = trained["data"]
     proc = run([sys.executable, "-m", "peftkit.cli", "train", "--model", str(trained["model"]), "--train", str(d / "train.csv"),

@@ -230,6 +230,7 @@ def test_cli_export_prints_the_report_and_refusals_exit_1(llama, bert, capsys):
     assert main(["export", str(bert["lora"]), str(llama["root"] / "cli-eval"), "--format", "vllm", "--eval", "x.csv"]) == 1
 
 
+@pytest.mark.subprocess
 def test_export_command_and_module_import_no_onnx():
     code = ("import sys, peftkit.export; from peftkit.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))")

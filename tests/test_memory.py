@@ -325,6 +325,7 @@ def test_add_plan_parser_registers_subcommand(capsys, tmp_path):
 # --------------------------------------------------------------------------- the proof
 
 
+@pytest.mark.subprocess
 def test_prediction_matches_a_measured_lora_cell(tmp_path):
     """Predict the MiniLM LoRA cell, train it in a fresh process (a benchmark cell), compare peaks.
 

@@ -101,6 +101,7 @@ def test_unknown_metric_offline_names_the_local_ones(monkeypatch):
         load_metric("peftkit-no-such-metric")
 
 
+@pytest.mark.subprocess
 def test_evaluate_load_works_offline_in_a_fresh_hf_home(tmp_path):
     """`evaluate.load(<our folder>)` copies the module into HF_HOME's module cache and imports it:
     it must work with an empty HF_HOME and no hub access."""

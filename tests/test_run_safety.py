@@ -94,6 +94,7 @@ def _hold_lock(folder):
     return proc
 
 
+@pytest.mark.subprocess
 def test_a_second_run_on_the_same_output_fails_at_once_naming_the_holder(assets, tmp_path, capsys):
     from peftkit.cli import main
     from peftkit.rundir import OutputDirBusy
@@ -203,6 +204,7 @@ def test_leftovers_of_killed_saves_are_cleaned_at_the_next_start(assets, tmp_pat
     assert ".best.tmp.txt" in names and ".hidden" in names
 
 
+@pytest.mark.subprocess
 def test_a_best_model_between_its_two_renames_is_restored(tmp_path):
     from peftkit.rundir import clean_temporaries
 

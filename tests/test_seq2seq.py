@@ -185,6 +185,7 @@ def test_full_fine_tuning_learns_the_mapping(tmp_path):
     assert set(task.generate(model, tokenizer, [source])[0].split()) & set(target.split())
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_recipe_runs_offline_on_a_tiny_t5(tmp_path):
     """recipes/seq2seq.py without hub access: it says so and trains the tiny T5 built from a config."""

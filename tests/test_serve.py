@@ -332,6 +332,7 @@ def test_api_key_is_required_when_set(assets):
 # --------------------------------------------------------------------------- the command
 
 
+@pytest.mark.subprocess
 def test_serve_parser_is_light_and_checks_its_input(tmp_path):
     code = ("import sys; from peftkit.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
@@ -347,6 +348,7 @@ def test_serve_parser_is_light_and_checks_its_input(tmp_path):
     assert main(["serve", str(tmp_path)]) == 1
 
 
+@pytest.mark.subprocess
 def test_sigterm_finishes_the_request_in_flight(assets):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PEFTKIT_API_KEY": "k3y"}

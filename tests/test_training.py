@@ -252,6 +252,7 @@ def _worker_cmd(assets, out, *extra):
             "--output", str(out), "--epochs", "3", *extra]
 
 
+@pytest.mark.subprocess
 def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted_run(assets, tmp_path):
     """A run killed (SIGKILL) once its first checkpoint exists, resumed, ends as an uninterrupted one."""
     full = run(_worker_cmd(assets, tmp_path / "full", "--save-steps", "5"))

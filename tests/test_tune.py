@@ -119,6 +119,7 @@ def test_cli_refuses_bad_search_before_any_training(assets, tmp_path, capsys):
     assert not out.exists()  # nothing loaded, nothing written
 
 
+@pytest.mark.subprocess
 def test_cli_help_imports_no_optuna():
     code = "import sys, peftkit.cli as c; c.build_parser(); assert 'optuna' not in sys.modules, 'optuna imported'"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -255,6 +256,7 @@ def test_diverged_trials_count_as_pruned_and_a_study_keeps_its_direction(assets,
         peftkit.tune(trials=3, train_options={"metric_for_best": "eval_loss"}, **common)
 
 
+@pytest.mark.subprocess
 def test_two_workers_share_one_sqlite_study(assets, tmp_path):
     out = tmp_path / "shared"
     out.mkdir()
