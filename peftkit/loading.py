@@ -282,6 +282,10 @@ def load_model(
         name_or_path, from_pretrained_kwargs = packaged[0], {**packaged[1], **from_pretrained_kwargs}
     config_kwargs = {**_label_kwargs(task, num_labels, labels), **task_class(task).model_config}
     kwargs = dict(from_pretrained_kwargs)
+    if "num_labels" in config_kwargs:
+        # A checkpoint that already has a head for another label set (an SST-2 classifier trained on 3
+        # labels): its head is replaced by a new one of the right size (transformers logs which weights).
+        kwargs.setdefault("ignore_mismatched_sizes", True)
     if quantization and kwargs.get("quantization_config") is not None:
         raise ValueError(
             "Pass quantization='8bit' / '4bit' or a quantization_config, not both: quantization= "

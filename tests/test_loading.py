@@ -112,3 +112,14 @@ def test_kbit_preparation_uses_the_new_checkpointing_name(tmp_path):
     model.lm_head.weight.requires_grad_(True)
     model(**batch, labels=batch["input_ids"]).loss.backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_a_classifier_checkpoint_gets_a_new_head_for_another_label_set(tmp_path):
+    """A 2-label classifier loaded for 3 labels: the encoder is the checkpoint's, the head a new 3-way one."""
+    folder = tiny_model_dir(tmp_path, "bert", "classification", pad_token=True)
+    from transformers import AutoModelForSequenceClassification
+
+    original = AutoModelForSequenceClassification.from_pretrained(folder)
+    model, _ = load_model(str(folder), task="classification", labels=["a", "b", "c"])
+    assert model.classifier.out_features == 3 and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, original.bert.embeddings.word_embeddings.weight)

@@ -366,3 +366,60 @@ def test_the_cli_reads_the_same_tasks_as_the_registry():
         assert (catalog[name].get("columns", {}), catalog[name].get("options", {})) == (cls.columns, cls.options)
         assert METRICS.get(name, ()) == cls.bench_metrics
     assert {k: v for k, (v, _) in load_option_catalog().items()} == all_load_options()
+
+
+# --------------------------------------------------------------------------- every task through the benchmark runner
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_every_task_benchmarks_through_the_suite_runner(tmp_path, monkeypatch):
+    """Sentence pairs, multi-label and token classification (tiny BERT) and seq2seq (tiny T5) each run as a
+    benchmark cell through the same runner, in their own processes, scored with their own main metric."""
+    import yaml
+    from helpers_bench import sentiment_rows, write_tiny_bert
+    from helpers_loading import tiny_model_dir
+    from test_seq2seq import eos_tokenizer, swap_rows
+
+    from peftkit.bench.runner import run_suite
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "data"
+    data.mkdir()
+    reviews = sentiment_rows(48, 0)
+    write_csv(data / "pairs.csv", [{"a": r["text"], "b": s["text"], "same": "yes" if r["label"] == s["label"] else "no"}
+                                   for r, s in zip(reviews, reviews[1:] + reviews[:1], strict=True)])
+    multilabel_files(data)
+    (data / "ner.txt").write_text("".join(f"{w} {'B-POS' if w in ('good', 'great') else 'O'}\n" + ("\n" if i % 4 == 3 else "")
+                                          for i, w in enumerate("the good film was great and the plot dull".split() * 6)))
+    (data / "swap.jsonl").write_text("".join(json.dumps(r) + "\n" for r in swap_rows()))
+    bert = write_tiny_bert(tmp_path / "bert")
+    t5 = tiny_model_dir(tmp_path, "t5", "seq2seq-lm", pad_token=True)
+    eos_tokenizer().save_pretrained(t5)
+
+    def suite(name, model, tasks):
+        spec = {"name": name, "model": {"path": str(model)}, "data_dir": str(data), "device": "cpu",
+                "budget": {"max_steps": 2, "batch_size": 4, "eval_batch_size": 8},
+                "tasks": tasks, "strategies": [{"name": "lora", "strategy": "lora", "options": {"r": 2}}]}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    encoder = suite("tasks-bert", bert, [
+        {"name": "pairs", "task": "classification", "train": "pairs.csv", "test": "pairs.csv", "max_length": 48,
+         "columns": {"text_column": "a", "text_pair_column": "b", "label_column": "same"}},
+        {"name": "multi", "task": "multi-label-classification", "train": "train.jsonl", "test": "train.jsonl",
+         "columns": {"label_column": "labels"}, "max_length": 16},
+        {"name": "ner", "task": "token-classification", "train": "ner.txt", "test": "ner.txt", "max_length": 16},
+    ])
+    generator = suite("tasks-t5", t5, [{"name": "swap", "task": "seq2seq-lm", "train": "swap.jsonl", "test": "swap.jsonl",
+                                        "test_size": 8, "max_length": 16, "max_new_tokens": 4,
+                                        "columns": {"prompt_column": "source", "response_column": "target"}}])
+    rows = {}
+    for path in (encoder, generator):
+        out = run_suite(path, tmp_path / path.stem, progress=False, report=False)
+        rows.update({r["task"]: r for r in json.loads((out / "results.json").read_text())["rows"]})
+    assert {t: (r["status"], r["metric_name"]) for t, r in rows.items()} == {
+        "pairs": ("ok", "accuracy"), "multi": ("ok", "micro_f1"), "ner": ("ok", "f1"), "swap": ("ok", "rougeL")}, \
+        {t: r.get("error") for t, r in rows.items()}
+    assert all(0.0 <= float(r["metric_value"]) <= 1.0 for r in rows.values())
