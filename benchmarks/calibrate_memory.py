@@ -58,13 +58,13 @@ def components(results: dict, rows: list[dict]) -> list[dict]:
 
     from peftkit.bench.cell import plan_cell
     from peftkit.bench.common import model_source
-    from peftkit.bench.runner import label_counter
+    from peftkit.bench.runner import label_counter, recorded_suite_file
     from peftkit.bench.suite import load_suite
     from peftkit.planner import CPU_GATED_TEMPORARIES_SCALE, activation_bytes
     from peftkit.planner.constants import ADVERSARIAL_PASS_SHARE
     from peftkit.planner.costs import adversarial_passes, distinct_batches
 
-    suite = load_suite(results["suite_file"])
+    suite = load_suite(recorded_suite_file(results))
     path, extra = model_source(suite)
     num_labels = label_counter(suite)
     out = []

@@ -242,7 +242,7 @@ def run_suite(
     skipped = len(cells) - len(todo)
     run = {"command": command or command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": machine(), "versions": versions(), "cells_run": len(todo), "cells_skipped": skipped, "jobs": jobs}
-    results.update(suite=suite.name, suite_file=str(suite.path), description=suite.description,
+    results.update(suite=suite.name, suite_file=portable_path(suite.path), description=suite.description,
                    model=suite.model.hub_id or suite.model.path, budget=suite.budget)
     results.setdefault("runs", []).append(run)
     results["tasks"] = {t.name: {"task": t.task, "metric": t.metric, "hub_id": t.hub_id, "train": t.train, "test": t.test,
@@ -334,7 +334,7 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
     results = read_results(out)
     if not results.get("rows"):
         raise ValueError(f"{out / RESULTS_JSON} has no rows to predict.")
-    suite = load_suite(suite_path or results["suite_file"])
+    suite = load_suite(suite_path or recorded_suite_file(results))
     model_path, extra = model_source(suite)
     device = resolve_device(suite)
     num_labels = label_counter(suite)
@@ -356,3 +356,24 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
                               "command": command_line(), "peftkit": versions().get("peftkit")}
     write_results(out, results)
     return results
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when it lies under it (a suite run from a checkout's root
+    records ``benchmarks/suites/x.yaml``, which still names the file in another clone), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def recorded_suite_file(results: dict[str, Any]) -> str:
+    """The suite file a results.json names; a path recorded absolute in another checkout (older results)
+    is looked up again from its ``benchmarks/suites/...`` part under the working directory."""
+    recorded = Path(results["suite_file"])
+    if not recorded.exists() and "benchmarks" in recorded.parts:
+        local = Path(*recorded.parts[recorded.parts.index("benchmarks"):])
+        if local.exists():
+            return str(local)
+    return str(recorded)
