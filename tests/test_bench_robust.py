@@ -84,6 +84,7 @@ def test_robust_suite_is_valid(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_student_cell_trains_its_teacher_once_and_scores_the_noisy_test_set(tmp_path, monkeypatch):
     from peftkit.bench.cell import main
 

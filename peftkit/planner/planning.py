@@ -216,7 +216,8 @@ def _parts(plan: Plan, profile: _Profile, device: str) -> tuple[int, int, int, i
         overhead = cpu_overhead_bytes(batches, saved + temporaries)
         if row.quantization:
             constant, share = KBIT_RETAINED[row.quantization]
-            overhead += int(constant + share * 4 * structure.quantized_values)
+            # a linear fit over two model sizes (its 8-bit constant is negative): retained memory is never below 0
+            overhead += max(0, int(constant + share * 4 * structure.quantized_values))
     else:
         overhead = OVERHEAD_BYTES[device]
     gradients = sum(n * size for n, size in tensors)
