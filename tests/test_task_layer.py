@@ -142,6 +142,33 @@ def test_export_asks_a_task_registered_outside_peftkit(tokenizer, tmp_path, toy_
         export(tmp_path / "ckpt", tmp_path / "onnx", format="onnx")
 
 
+def test_a_task_registered_outside_peftkit_is_served(tokenizer, tmp_path, toy_task):
+    """The toy task's adapter behind `peftkit serve` (in process): /v1/predict answers what the task's own
+    predict gives for the reloaded checkpoint."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    import peftkit
+    from peftkit.serve.app import create_app
+    from peftkit.serve.registry import Registry
+
+    tiny_bert("toy-regression", tokenizer.vocab_size).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = peftkit.wrap(peftkit.load_model(str(tmp_path / "base"), task="toy-regression")[0], "lora", task="toy-regression", r=4)
+    peftkit.save(model, tmp_path / "ckpt", tokenizer=tokenizer)
+    texts = ["good good item", "item"]
+    expected = predict_texts(peftkit.load(tmp_path / "ckpt").eval(), tokenizer, "toy-regression", texts)
+    registry = Registry(device="cpu")
+    registry.load("toy", tmp_path / "ckpt")
+    with TestClient(create_app(registry, max_batch_size=8, max_wait_ms=50)) as client:
+        r = client.post("/v1/predict", json={"adapter": "toy", "inputs": texts})
+    assert r.status_code == 200, r.text
+    served = r.json()["predictions"]
+    assert [set(p) for p in served] == [{"score"}, {"score"}]
+    assert [p["score"] for p in served] == pytest.approx([p["score"] for p in expected], abs=1e-5)
+
+
 def test_load_options_follow_the_task(tmp_path):
     rows = [{"text": f"t{i}", "label": "ab"[i % 2], "other": "x"} for i in range(10)]
     write_csv(tmp_path / "train.csv", rows)
