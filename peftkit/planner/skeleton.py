@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import warnings
 from typing import Any
 
@@ -45,17 +46,22 @@ def load_config(model: Any, task: str, num_labels: int | None = None, **config_k
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence transformers' and PEFT's warnings while building skeletons."""
+    """Silence transformers', PEFT's and bitsandbytes' warnings while building skeletons (bitsandbytes logs
+    about casts and uninitialised 4-bit state when a wrap's probe pass runs through a quantized skeleton)."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    bnb = logging.getLogger("bitsandbytes")
+    bnb_level = bnb.level
+    bnb.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         hf_logging.set_verbosity(level)
+        bnb.setLevel(bnb_level)
 
 
 def build_skeleton(config, task: str, quantization: str | None = None) -> nn.Module:
