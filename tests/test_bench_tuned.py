@@ -97,6 +97,31 @@ def test_seed_aggregation_mean_std_and_noise():
     assert "| full | 3 |" in md and "0.9100 ± 0.0100" in md and "accuracy (mean ± std)" in md
     assert md.count("| lora |") == 1  # one row per strategy, not per seed
 
+def test_readme_section_says_which_gaps_are_noise_and_keeps_goals_out():
+    """The README's generated section names the best mean and what is within its noise; the suite's own
+    targets are a link to results.md, never a verdict in the README (issue 12, part 4)."""
+    from peftkit.bench.report import readme_section
+
+    rows = (
+        [_row("full", s, v) for s, v in enumerate((0.90, 0.91, 0.92))]
+        + [_row("lora", s, v) for s, v in enumerate((0.905, 0.90, 0.91))]
+        + [_row("bitfit", s, v) for s, v in enumerate((0.80, 0.81, 0.79))]
+        + [_row("prompt", 0, 0.7)]
+    )
+    for r in rows:
+        r["trainable_percent"] = 0.5
+    targets = {"task": "sst2", "reference": "full", "max_gap": {"bitfit": 0.02}, "tried": "nothing"}
+    text = readme_section(_results(rows, targets=targets), "benchmarks/results/s")
+    assert "- sst2: best mean `full`; within noise: lora." in text
+    assert "0.910 ± 0.010" in text
+    assert "Target on" not in text and "missed" not in text and "goal" not in text
+    assert "targets and whether they were met: [benchmarks/results/s/results.md]" in text
+    # without lora, full is beyond noise of every strategy with seeds; prompt has one seed, so it is not counted
+    text = readme_section(_results([r for r in rows if r["strategy"] != "lora"]), "r")
+    assert "- sst2: best mean `full`; beyond noise of the others with several seeds." in text
+    assert "targets" not in text
+
+
 
 def test_targets_compare_means_and_say_when_within_noise():
     rows = (

@@ -187,9 +187,12 @@ def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
         for r in members:
             close = within_noise(r, best)
             if r is best:
-                tied = [m["strategy"] for m in members if m is not best and within_noise(m, best)]
-                text = "best mean" + (f"; within noise: {', '.join(tied)}" if tied else "; beyond noise of the others"
-                                      if all(within_noise(m, best) is False for m in members if m is not best) else "")
+                others = [m for m in members if m is not best]
+                tied = [m["strategy"] for m in others if within_noise(m, best)]
+                beyond = [m for m in others if within_noise(m, best) is False]
+                text = "best mean" + (f"; within noise: {', '.join(tied)}" if tied else
+                                      "; beyond noise of the others" + ("" if len(beyond) == len(others) else " with several seeds")
+                                      if beyond else "")
             elif close is None:
                 text = f"one seed: noise unknown against {best['strategy']}"
             else:
@@ -756,15 +759,18 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
                      f"{memory[best]:,.0f} MiB for `{best}`)." if lean != best else
                      f"- No strategy within 0.01 of that score uses less memory ({memory[best]:,.0f} MiB on average).")
         lines.append(f"- Least memory of all: `{least}` ({memory[least]:,.0f} MiB, score {scores[least]:.3f}).")
-    notes = target_notes(results)
-    lines += [f"- Target on {task}, `{name}` {note.removeprefix('target: ')}" for (task, name), note in notes.items()]
-    if notes and results["targets"].get("tried"):
-        lines.append(f"- Tried to meet the targets: {results['targets']['tried']}")
+    for view in views:  # several seeds: which differences are larger than their noise
+        if not view.sweep:
+            for (task, name, _), text in noise_notes(view.summary()).items():
+                if text.startswith("best mean"):
+                    lines.append(f"- {task}: " + text.replace("best mean", f"best mean `{name}`", 1) + ".")
     for item in baseline_rows(results):
         if item["ratio"] is not None:
             lines.append(f"- {results['baselines']['task']} `{results['baselines']['strategy']}` train time against "
-                         f"{BASELINE_NAMES[item['name']]}: {item['ratio']:.2f}x (goal at most {item['goal']:g}x), accuracy "
+                         f"{BASELINE_NAMES[item['name']]}: {item['ratio']:.2f}x, accuracy "
                          f"{item['ours']['metric_value']:.4f} against {item['row']['metric_value']:.4f}.")
+    if target_notes(results):  # the project's own goals stay with the results, not in the README
+        lines.append(f"- The suite's accuracy targets and whether they were met: [{results_dir}/results.md]({results_dir}/results.md).")
     robust = robustness_section(results, heading="**Robustness**")
     return "\n".join(lines + ([""] + robust[:-1] if robust else []))
 
