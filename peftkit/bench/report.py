@@ -183,7 +183,8 @@ def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
     for (task, size), members in groups.items():
         if not any(r.get("metric_ci95") is not None for r in members):
             continue
-        best = max(members, key=lambda r: r["metric_value"])
+        seeded = [r for r in members if r.get("metric_ci95") is not None]  # one seed's value cannot be the best mean
+        best = max(seeded, key=lambda r: r["metric_value"])
         for r in members:
             close = within_noise(r, best)
             if r is best:
