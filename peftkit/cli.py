@@ -758,10 +758,31 @@ def describe_error(err: BaseException, args: argparse.Namespace | None = None) -
     return f"{type(err).__name__}: {text} (unexpected: run again with --debug for the traceback, and report it if it is a bug)"
 
 
+def _debug_from_env() -> bool:
+    return bool(os.environ.get("PEFTKIT_DEBUG")) and os.environ["PEFTKIT_DEBUG"] != "0"
+
+
+def run_recipe(entry: Callable[[], object], name: str) -> None:
+    """A recipe's ``if __name__ == "__main__"``: ``entry()`` with errors as one line naming the fix, as the
+    ``peftkit`` command prints them (``PEFTKIT_DEBUG=1`` shows the traceback); Ctrl-C exits with 130."""
+    try:
+        entry()
+    except KeyboardInterrupt:
+        if _debug_from_env():
+            raise
+        print(f"{name}: interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if _debug_from_env():
+            raise
+        print(f"{name}: error: {describe_error(err)}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = bool(os.environ.get("PEFTKIT_DEBUG")) and os.environ["PEFTKIT_DEBUG"] != "0"
+    debug = _debug_from_env()
     if "--debug" in argv[:1]:
         argv, debug = argv[1:], True
     parser, subparsers = build_parser()

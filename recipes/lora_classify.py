@@ -27,6 +27,7 @@ from peftkit.cli import (
     add_train_arguments,
     load_data_from_args,
     parse_with_config,
+    run_recipe,
     strategy_options_from_args,
     train_config_from_args,
 )
@@ -106,4 +107,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main, "lora_classify.py")

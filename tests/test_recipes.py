@@ -31,6 +31,13 @@ def test_default_recipe_run_prints_test_accuracy(tmp_path):
     n_labels = len(label_names(load_data(str(demo_data_path()), "classification"), "classification"))
     assert metrics["accuracy"] > 2.0 / n_labels  # well above chance: it learned the demo intents
     assert (tmp_path / "outputs/lora_classify/best/adapter_config.json").is_file()
+    # run again: the finished run is kept, and the refusal is one line naming the fix, not a traceback
+    before = (tmp_path / "outputs/lora_classify/metrics.json").read_bytes()
+    again = run([sys.executable, str(RECIPES / "lora_classify.py")], cwd=tmp_path, timeout=600)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert "lora_classify.py: error: outputs/lora_classify already holds a finished run" in again.stderr
+    assert "--overwrite" in again.stderr
+    assert (tmp_path / "outputs/lora_classify/metrics.json").read_bytes() == before
 
 
 @pytest.mark.subprocess
