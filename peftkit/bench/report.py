@@ -181,9 +181,9 @@ def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
         if _ok(r) and r["strategy"] not in BASELINE_STRATEGIES and r.get("base_strategy") != "none":
             groups.setdefault((r["task"], r.get("train_size")), []).append(r)
     for (task, size), members in groups.items():
-        if not any(r.get("metric_ci95") is not None for r in members):
-            continue
         seeded = [r for r in members if r.get("metric_ci95") is not None]  # one seed's value cannot be the best mean
+        if not seeded:
+            continue
         best = max(seeded, key=lambda r: r["metric_value"])
         for r in members:
             close = within_noise(r, best)
@@ -191,9 +191,11 @@ def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
                 others = [m for m in members if m is not best]
                 tied = [m["strategy"] for m in others if within_noise(m, best)]
                 beyond = [m for m in others if within_noise(m, best) is False]
-                text = "best mean" + (f"; within noise: {', '.join(tied)}" if tied else
-                                      "; beyond noise of the others" + ("" if len(beyond) == len(others) else " with several seeds")
-                                      if beyond else "")
+                text = "best mean"
+                if tied:
+                    text += f"; within noise: {', '.join(tied)}"
+                elif beyond:
+                    text += "; beyond noise of the others" + ("" if len(beyond) == len(others) else " with several seeds")
             elif close is None:
                 text = f"one seed: noise unknown against {best['strategy']}"
             else:
@@ -761,8 +763,8 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
                      f"- No strategy within 0.01 of that score uses less memory ({memory[best]:,.0f} MiB on average).")
         lines.append(f"- Least memory of all: `{least}` ({memory[least]:,.0f} MiB, score {scores[least]:.3f}).")
     for view in views:  # several seeds: which differences are larger than their noise
-        if not view.sweep:
-            for (task, name, _), text in noise_notes(view.summary()).items():
+        if not view.sweep and view.name in tasks:
+            for (task, name, _), text in noise_notes(tasks[view.name]).items():
                 if text.startswith("best mean"):
                     lines.append(f"- {task}: " + text.replace("best mean", f"best mean `{name}`", 1) + ".")
     for item in baseline_rows(results):
