@@ -13,7 +13,7 @@ import pytest
 from helpers_bench import write_quick_assets, write_suite
 from helpers_training import ROOT, TOPICS, save_tiny_model, write_topic_csv
 
-from peftkit.bench.report import aggregate, markdown, noise_notes, plot_metric_vs_params, target_notes
+from peftkit.bench.report import aggregate, markdown, noise_notes, plot_metric_vs_params, plot_sweep, target_notes
 from peftkit.bench.suite import SuiteError, load_suite
 from peftkit.compare import SCORES_SOURCE
 
@@ -124,6 +124,32 @@ def test_readme_section_says_which_gaps_are_noise_and_keeps_goals_out():
     assert "- sst2: best mean `full`; beyond noise of the others with several seeds." in text
     assert "targets" not in text
 
+
+
+def test_sweep_table_over_seeds_shows_mean_and_std_per_size(tmp_path):
+    """A data-size sweep with several seeds: each size's cell is the mean ± std of its seeds."""
+    rows = [_row(name, s, v, train_size=size) for name, base in (("full", 0.80), ("lora", 0.70))
+            for size in (64, 256) for s, v in enumerate((base, base + 0.02, base + 0.04))]
+    rows.append(_row("lora", 3, None, error="RuntimeError: boom", train_size=256))
+    md = markdown(_results(rows), [])
+    assert "accuracy by number of training examples (mean ± std over seeds):" in md
+    assert "| full | 0.820 ± 0.020 | 0.820 ± 0.020 |" in md
+    assert "| lora | 0.720 ± 0.020 | 0.720 ± 0.020 |" in md  # the failed seed is left out
+    # one seed a cell: the plain value, as before
+    single = markdown(_results([r for r in rows if r["seed"] == 0]), [])
+    assert "| full | 0.8000 | 0.8000 |" in single and "over seeds" not in single
+    # the README section says, size by size, which differences are within noise
+    from peftkit.bench.report import readme_section
+
+    for r in rows:
+        r["trainable_percent"] = 0.5
+    text = readme_section(_results(rows), "r")
+    assert "| full | 0.820 ± 0.020 | 0.820 ± 0.020 |" in text
+    assert "- sst2, 64 examples: best mean `full`; beyond noise of the others." in text
+    assert "- sst2, 256 examples: best mean `full`; beyond noise of the others." in text
+    assert "best mean" not in readme_section(_results([r for r in rows if r["seed"] == 0]), "r")
+    path = plot_sweep(_results(rows), tmp_path / "sweep.png")  # with error bars over seeds
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_targets_compare_means_and_say_when_within_noise():

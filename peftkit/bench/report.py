@@ -335,14 +335,17 @@ def _task_table(rows: list[dict[str, Any]], metric: str, notes: dict[tuple[str, 
 
 def _sweep_table(rows: list[dict[str, Any]], metric: str, order: list[str]) -> list[str]:
     sizes = [s for s in _sizes(rows) if s is not None]
-    lines = [f"{metric} by number of training examples:", "",
+    found = {(r["strategy"], r.get("train_size")): [] for r in rows}
+    for r in rows:
+        if _ok(r):
+            found[(r["strategy"], r.get("train_size"))].append(r["metric_value"])
+    seeds = any(len(v) > 1 for v in found.values())  # several seeds: mean ± std, as the other tables
+    lines = [f"{metric} by number of training examples{' (mean ± std over seeds)' if seeds else ''}:", "",
              "| strategy | " + " | ".join(f"{s:,}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for name in [n for n in order if any(r["strategy"] == n for r in rows)]:
-        values = []
-        for size in sizes:
-            found = [r["metric_value"] for r in rows if r["strategy"] == name and r.get("train_size") == size and _ok(r)]
-            values.append(f"{statistics.mean(found):.4f}" if found else "—")
-        lines.append(f"| {name} | " + " | ".join(values) + " |")
+        values = [found.get((name, size)) or [] for size in sizes]
+        text = [_mean_std(v) if seeds else (f"{statistics.mean(v):.4f}" if v else "—") for v in values]
+        lines.append(f"| {name} | " + " | ".join(text) + " |")
     return lines
 
 
@@ -656,14 +659,18 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
     handles = {}
     for ax, (task, rows) in zip(axes, tasks.items(), strict=True):
         sizes = [s for s in _sizes(rows) if s is not None]
-        for name in [n for n in strategy_order(results) if any(r["strategy"] == n for r in rows)]:
-            points = [(s, statistics.mean(vals)) for s in sizes
+        names = [n for n in strategy_order(results) if any(r["strategy"] == n for r in rows)]
+        for i, name in enumerate(names):
+            dodge = 2 ** (0.05 * (i - (len(names) - 1) / 2))  # side by side, so that the error bars do not hide each other
+            points = [(s * dodge, statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) for s in sizes
                       if (vals := [r["metric_value"] for r in rows if r["strategy"] == name and r.get("train_size") == s and _ok(r)])]
             if not points:
                 continue
             marker, colour = style[name]
-            (handles[name],) = ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=colour,
-                                       markersize=7, markeredgecolor="black", markeredgewidth=0.5, label=name)
+            # several seeds: a bar of one standard deviation either side of the mean
+            handles[name] = ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                                        marker=marker, color=colour, markersize=7, markeredgecolor="black",
+                                        markeredgewidth=0.5, capsize=3, label=name)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
         ax.minorticks_off()
@@ -673,7 +680,8 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     order = [n for n in strategy_order(results) if n in handles]
     fig.legend([handles[n] for n in order], order, loc="center right", title="strategy", fontsize=9)
-    fig.suptitle(f"{results.get('suite')}: test metric vs training-set size (same step budget)")
+    seeds = " (mean ± std over seeds)" if any(r.get("seed") not in (None, 0) for rows in tasks.values() for r in rows) else ""
+    fig.suptitle(f"{results.get('suite')}: test metric vs training-set size (same step budget){seeds}")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -762,11 +770,12 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
                      f"{memory[best]:,.0f} MiB for `{best}`)." if lean != best else
                      f"- No strategy within 0.01 of that score uses less memory ({memory[best]:,.0f} MiB on average).")
         lines.append(f"- Least memory of all: `{least}` ({memory[least]:,.0f} MiB, score {scores[least]:.3f}).")
-    for view in views:  # several seeds: which differences are larger than their noise
-        if not view.sweep and view.name in tasks:
-            for (task, name, _), text in noise_notes(tasks[view.name]).items():
-                if text.startswith("best mean"):
-                    lines.append(f"- {task}: " + text.replace("best mean", f"best mean `{name}`", 1) + ".")
+    for view in views:  # several seeds: which differences are larger than their noise (a sweep: per size)
+        rows = aggregate(view.rows) if view.sweep else tasks.get(view.name, [])
+        for (task, name, size), text in noise_notes(rows).items():
+            if text.startswith("best mean"):
+                where = f"{task}, {size:,} examples" if view.sweep else task
+                lines.append(f"- {where}: " + text.replace("best mean", f"best mean `{name}`", 1) + ".")
     for item in baseline_rows(results):
         if item["ratio"] is not None:
             lines.append(f"- {results['baselines']['task']} `{results['baselines']['strategy']}` train time against "
