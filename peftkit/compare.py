@@ -200,16 +200,18 @@ def pick(
     """(best by mean score, the strategies within noise of it, the cheapest of those) from aggregated rows.
 
     With one seed, nothing is known to be within noise: the candidates are the best alone.
-    Cheapest: lowest peak memory, then train time, then trainable parameters (`COSTS`).
+    Cheapest: lowest peak memory, then train time, then trainable parameters (`COSTS`), among those
+    whose seeds agree (a strategy with a diverged seed is within noise only because its interval is wide).
     """
-    from .bench.report import within_noise
+    from .bench.report import unsteady, within_noise
 
     ok = _ranked(rows)
     if not ok:
         return None, [], None
     best = max(ok, key=lambda r: r["metric_value"])
     close = [r for r in ok if r is best or within_noise(r, best)]
-    return best, close, min(close, key=lambda r: tuple(_cost(r, field) for field, _, _ in COSTS))
+    steady = [r for r in close if r is best or not unsteady(r)]
+    return best, close, min(steady, key=lambda r: tuple(_cost(r, field) for field, _, _ in COSTS))
 
 
 def measured_scores(rows: list[dict[str, Any]]) -> dict[tuple[str, str | None], float]:
@@ -288,7 +290,7 @@ def recommendation(results: dict[str, Any], budget: str | None = None, plan: Any
     """recommendation.md: which strategy to use and why; the best mean, the strategies within noise of it
     and the cheapest of those by each cost; the planner (a `peftkit.planner.Plan` ranked by the scores
     just measured, or the text of its error) for ``budget``."""
-    from .bench.report import aggregate
+    from .bench.report import aggregate, unsteady
 
     rows = aggregate(results.get("rows", []))
     metric = next((r.get("metric_name") for r in rows if r.get("metric_name")), "metric")
@@ -311,10 +313,16 @@ def recommendation(results: dict[str, Any], budget: str | None = None, plan: Any
             f"- **Within noise of it** (95% intervals of the means overlap): {names}. "
             "The test set cannot rank these; pick by cost. The cheapest of them:"
         )
+        steady = [r for r in close if r is best or not unsteady(r)]
         for field, name, form in COSTS:
-            low = min(close, key=lambda r, f=field: _cost(r, f))
+            low = min(steady, key=lambda r, f=field: _cost(r, f))
             if _cost(low, field) < float("inf"):
                 lines.append(f"  - {name}: `{low['strategy']}` ({form.format(low[field])})")
+        shaky = [r for r in others if unsteady(r)]
+        if shaky:
+            ranges = ", ".join(f"`{r['strategy']}` ({r['metric_range'][0]:.4f} to {r['metric_range'][1]:.4f})" for r in shaky)
+            lines.append(f"- Within noise only because the seeds disagree (a wide interval, not a good score; "
+                         f"seeds' lowest to highest), so not recommended: {ranges}.")
     else:
         lines.append("- No other strategy is within noise of it (95% intervals of the means do not overlap).")
     below = [r["strategy"] for r in _ranked(rows) if not any(r is c for c in close)]

@@ -152,6 +152,27 @@ def test_sweep_table_over_seeds_shows_mean_and_std_per_size(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_strategy_whose_seeds_disagree_is_marked_and_never_recommended():
+    """A diverged seed widens the interval until the strategy is "within noise" of the best: the notes show
+    the seeds' range and `peftkit compare` does not recommend it, however cheap."""
+    from peftkit.compare import pick, recommendation
+
+    values = {"full": (0.826, 0.826, 0.824), "lora": (0.719, 0.741, 0.0), "adapter": (0.80, 0.82, 0.81)}
+    memory = {"full": 1500.0, "lora": 900.0, "adapter": 1100.0}
+    rows = [_row(n, s, v, peak_memory_mb=memory[n]) for n in values for s, v in enumerate(values[n])]
+    agg = aggregate(rows)
+    notes = noise_notes(agg)
+    assert notes[("sst2", "full", 100)] == "best mean; within noise: lora (seeds 0.000 to 0.741), adapter"
+    assert notes[("sst2", "lora", 100)] == "within noise of full (seeds 0.000 to 0.741)"
+    assert notes[("sst2", "adapter", 100)] == "within noise of full"  # seeds within 5 points: no range
+    best, close, cheap = pick(agg)
+    assert best["strategy"] == "full" and {r["strategy"] for r in close} == {"full", "lora", "adapter"}
+    assert cheap["strategy"] == "adapter"  # lora is cheaper, but one of its seeds diverged
+    text = recommendation(_results(rows))
+    assert "**Use `adapter`:" in text and "  - least peak memory: `adapter` (1,100 MiB)" in text
+    assert "so not recommended: `lora` (0.0000 to 0.7410)" in text
+
+
 def test_targets_compare_means_and_say_when_within_noise():
     rows = (
         [_row("full", s, v) for s, v in enumerate((0.90, 0.91, 0.92))]

@@ -154,6 +154,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         std = statistics.stdev(values) if len(values) > 1 else None
         merged["metric_std"] = std
         merged["metric_ci95"] = None if std is None else t_quantile(len(values) - 1) * std / len(values) ** 0.5
+        merged["metric_range"] = (min(values), max(values)) if len(values) > 1 else None
         if ok:
             merged["metric_value"] = statistics.mean(values)
             for name in _MEAN_FIELDS:
@@ -170,6 +171,21 @@ def within_noise(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
     if a.get("metric_ci95") is None or b.get("metric_ci95") is None:
         return None
     return abs(a["metric_value"] - b["metric_value"]) <= a["metric_ci95"] + b["metric_ci95"]
+
+
+# Seeds further apart than this (5 points of accuracy or F1): "within noise" then means "too spread to tell",
+# not "as good", so the notes show the seeds' range (a diverged seed, say).
+WIDE_SPREAD = 0.05
+
+
+def unsteady(r: dict[str, Any]) -> bool:
+    """Whether an aggregated row's seeds lie further apart than `WIDE_SPREAD` (a seed diverged, say)."""
+    low, high = r.get("metric_range") or (0.0, 0.0)
+    return high - low > WIDE_SPREAD
+
+
+def _spread(r: dict[str, Any]) -> str:
+    return f" (seeds {r['metric_range'][0]:.3f} to {r['metric_range'][1]:.3f})" if unsteady(r) else ""
 
 
 def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
@@ -189,7 +205,7 @@ def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
             close = within_noise(r, best)
             if r is best:
                 others = [m for m in members if m is not best]
-                tied = [m["strategy"] for m in others if within_noise(m, best)]
+                tied = [m["strategy"] + _spread(m) for m in others if within_noise(m, best)]
                 beyond = [m for m in others if within_noise(m, best) is False]
                 text = "best mean"
                 if tied:
@@ -199,7 +215,7 @@ def noise_notes(rows: list[dict[str, Any]]) -> dict[tuple[str, str, Any], str]:
             elif close is None:
                 text = f"one seed: noise unknown against {best['strategy']}"
             else:
-                text = f"within noise of {best['strategy']}" if close else f"below {best['strategy']} (beyond noise)"
+                text = f"within noise of {best['strategy']}{_spread(r)}" if close else f"below {best['strategy']} (beyond noise)"
             notes[(task, r["strategy"], size)] = text
     return notes
 
