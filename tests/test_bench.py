@@ -208,6 +208,8 @@ def test_shipped_suites_are_valid(monkeypatch, tmp_path):
     llm = suites["llm"]
     assert llm.tasks[0].test_size == 500 and llm.tasks[0].metric == "exact_match"
     assert {s.strategy for s in llm.strategies} >= {"full", "lora", "ia3", "prompt", "prefix", "adapter", "bitfit"}
+    # the tuned suite compares every unquantized strategy of main's (issue 12)
+    assert {s.name for s in main.strategies if not s.quantization} <= {s.name for s in suites["main_tuned"].strategies}
     sweep = suites["sweep"]
     assert sweep.tasks[0].train_sizes == [64, 256, 1024, 4096] and len(sweep.cells()) == 20
     # cells are keyed by train size, so a sweep's cells are all distinct
