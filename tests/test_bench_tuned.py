@@ -13,7 +13,14 @@ import pytest
 from helpers_bench import write_quick_assets, write_suite
 from helpers_training import ROOT, TOPICS, save_tiny_model, write_topic_csv
 
-from peftkit.bench.report import aggregate, markdown, noise_notes, plot_metric_vs_params, plot_sweep, target_notes
+from peftkit.bench.report import (
+    aggregate,
+    markdown,
+    noise_notes,
+    plot_metric_vs_params,
+    plot_sweep,
+    target_notes,
+)
 from peftkit.bench.suite import SuiteError, load_suite
 from peftkit.compare import SCORES_SOURCE
 
