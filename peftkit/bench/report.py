@@ -349,12 +349,18 @@ def _task_table(rows: list[dict[str, Any]], metric: str, notes: dict[tuple[str, 
     return lines
 
 
-def _sweep_table(rows: list[dict[str, Any]], metric: str, order: list[str]) -> list[str]:
-    sizes = [s for s in _sizes(rows) if s is not None]
-    found = {(r["strategy"], r.get("train_size")): [] for r in rows}
+def _values_by_size(rows: list[dict[str, Any]]) -> dict[tuple[str, Any], list[float]]:
+    """{(strategy, train size): the metric of each seed that succeeded} of a sweep's rows."""
+    found: dict[tuple[str, Any], list[float]] = {(r["strategy"], r.get("train_size")): [] for r in rows}
     for r in rows:
         if _ok(r):
             found[(r["strategy"], r.get("train_size"))].append(r["metric_value"])
+    return found
+
+
+def _sweep_table(rows: list[dict[str, Any]], metric: str, order: list[str]) -> list[str]:
+    sizes = [s for s in _sizes(rows) if s is not None]
+    found = _values_by_size(rows)
     seeds = any(len(v) > 1 for v in found.values())  # several seeds: mean ± std, as the other tables
     lines = [f"{metric} by number of training examples{' (mean ± std over seeds)' if seeds else ''}:", "",
              "| strategy | " + " | ".join(f"{s:,}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
@@ -672,14 +678,16 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
         return None
     style = styles(results)
     plt, fig, axes = _figure(len(tasks), 4.6)
-    handles = {}
+    handles, seeds = {}, False
     for ax, (task, rows) in zip(axes, tasks.items(), strict=True):
         sizes = [s for s in _sizes(rows) if s is not None]
         names = [n for n in strategy_order(results) if any(r["strategy"] == n for r in rows)]
+        found = _values_by_size(rows)
+        seeds = seeds or any(len(v) > 1 for v in found.values())
         for i, name in enumerate(names):
             dodge = 2 ** (0.05 * (i - (len(names) - 1) / 2))  # side by side, so that the error bars do not hide each other
             points = [(s * dodge, statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) for s in sizes
-                      if (vals := [r["metric_value"] for r in rows if r["strategy"] == name and r.get("train_size") == s and _ok(r)])]
+                      if (vals := found.get((name, s)))]
             if not points:
                 continue
             marker, colour = style[name]
@@ -696,8 +704,8 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     order = [n for n in strategy_order(results) if n in handles]
     fig.legend([handles[n] for n in order], order, loc="center right", title="strategy", fontsize=9)
-    seeds = " (mean ± std over seeds)" if any(r.get("seed") not in (None, 0) for rows in tasks.values() for r in rows) else ""
-    fig.suptitle(f"{results.get('suite')}: test metric vs training-set size (same step budget){seeds}")
+    over = " (mean ± std over seeds)" if seeds else ""
+    fig.suptitle(f"{results.get('suite')}: test metric vs training-set size (same step budget){over}")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
