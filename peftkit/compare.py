@@ -203,15 +203,21 @@ def pick(
     Cheapest: lowest peak memory, then train time, then trainable parameters (`COSTS`), among those
     whose seeds agree (a strategy with a diverged seed is within noise only because its interval is wide).
     """
-    from .bench.report import unsteady, within_noise
+    from .bench.report import within_noise
 
     ok = _ranked(rows)
     if not ok:
         return None, [], None
     best = max(ok, key=lambda r: r["metric_value"])
     close = [r for r in ok if r is best or within_noise(r, best)]
-    steady = [r for r in close if r is best or not unsteady(r)]
-    return best, close, min(steady, key=lambda r: tuple(_cost(r, field) for field, _, _ in COSTS))
+    return best, close, min(_steady(best, close), key=lambda r: tuple(_cost(r, field) for field, _, _ in COSTS))
+
+
+def _steady(best: dict[str, Any], close: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best and those within its noise whose seeds agree: the strategies that may be recommended."""
+    from .bench.report import unsteady
+
+    return [r for r in close if r is best or not unsteady(r)]
 
 
 def measured_scores(rows: list[dict[str, Any]]) -> dict[tuple[str, str | None], float]:
@@ -313,9 +319,8 @@ def recommendation(results: dict[str, Any], budget: str | None = None, plan: Any
             f"- **Within noise of it** (95% intervals of the means overlap): {names}. "
             "The test set cannot rank these; pick by cost. The cheapest of them:"
         )
-        steady = [r for r in close if r is best or not unsteady(r)]
         for field, name, form in COSTS:
-            low = min(steady, key=lambda r, f=field: _cost(r, f))
+            low = min(_steady(best, close), key=lambda r, f=field: _cost(r, f))
             if _cost(low, field) < float("inf"):
                 lines.append(f"  - {name}: `{low['strategy']}` ({form.format(low[field])})")
         shaky = [r for r in others if unsteady(r)]
