@@ -72,7 +72,7 @@ def components(results: dict, rows: list[dict]) -> list[dict]:
         task, spec = suite.task(row["task"]), suite.strategy(row["strategy"])
         batch, seq = int(row["batch_size"]), int(row["seq_len"])
         result = plan_cell(path, task.task, spec, batch, seq, "cpu", num_labels(row), row.get("train_samples"),
-                           row.get("max_steps"), extra.get("gguf_file"))
+                           row.get("max_steps"), extra.get("gguf_file"), row.get("next_seq_len"))
         planned, profile = result.rows[0], result._profiles[0]
         structure = profile.structure
         temporaries = activation_bytes(structure, batch, seq, "cpu", 4)[1]

@@ -581,3 +581,19 @@ def test_compare_end_to_end_on_data_it_never_saw(tmp_path):
     assert f"ranked by {SCORES_SOURCE}" in text and "shipped benchmark results" not in text
     assert text in proc.stdout
     assert len(list((out / "tune" / "data").glob("*/tuned.json"))) == 2
+
+
+def test_readme_section_names_the_whole_suites_command_and_its_sittings():
+    """A suite run in parts (--tasks, --strategies, --retry-failed) is described by the command that runs or
+    resumes all of it, and says how many sittings produced it."""
+    from peftkit.bench.report import readme_section, whole_suite_command
+
+    base = "HF_HUB_OFFLINE=1 peftkit bench benchmarks/suites/s.yaml"
+    assert whole_suite_command(f"{base} --tasks sst2 conll2003 --jobs 2") == f"{base} --jobs 2"
+    assert whole_suite_command(f"{base} --strategies=lora --retry-failed --cell-timeout 60") == f"{base} --cell-timeout 60"
+    rows = [{**_row("full", s, v), "trainable_percent": 100.0} for s, v in enumerate((0.90, 0.91, 0.92))]
+    runs = [{"command": base, "cells_run": 2}, {"command": f"{base} --tasks sst2", "cells_run": 1},
+            {"command": f"{base} --tasks sst2", "cells_run": 0}]
+    text = readme_section(_results(rows, runs=runs), "r")
+    assert f"Measured with `{base}` in 2 sittings (each listed in results.md) on" in text
+    assert "in 2 sittings" not in readme_section(_results(rows, runs=runs[:1]), "r")

@@ -42,6 +42,31 @@ def test_small_training_sets_are_planned_smaller_on_the_cpu_only(bert):
     assert small.activations == large.activations and small.cuda_peak == large.cuda_peak
 
 
+def test_a_longest_batch_trained_first_is_priced_beside_the_shorter_later_steps(bert):
+    """peftkit's sampler trains the longest batch first: the later steps, at next_len, build up the
+    allocator's kept blocks; the peak is the larger of that step and the first one (CoNLL-2003, seed 1:
+    one 128-token sentence among sentences of at most 89)."""
+
+    def row(next_len=None):
+        return plan(bert, batch_size=32, seq_len=256, strategies=["lora"], quantization=[None], train_size=4096,
+                    max_steps=300, next_len=next_len).row("lora")
+
+    every, lone, near = row(), row(next_len=64), row(next_len=250)
+    assert lone.predicted_peak < near.predicted_peak < every.predicted_peak
+    # one long batch: its step with the runtime alone sets the peak
+    assert (lone.activations, lone.overhead, lone.optimizer_states) == (every.activations, CPU_RUNTIME_BYTES, 0)
+    assert lone.predicted_peak == every.predicted_peak - every.overhead - every.optimizer_states + CPU_RUNTIME_BYTES
+    assert any(n.startswith("peak at the first step (256 tokens") for n in lone.notes)
+    # later steps nearly as long, with what the allocator keeps after them, cost more than the first one
+    assert near.activations < every.activations and near.overhead > CPU_RUNTIME_BYTES
+    assert near.optimizer_states == every.optimizer_states > 0 and not near.notes
+    assert near.predicted_peak > lone.predicted_peak
+    assert row(next_len=256).predicted_peak == every.predicted_peak  # not shorter: priced as before
+    assert lone.cuda_peak == every.cuda_peak  # the CUDA column keeps the longest step
+    with pytest.raises(ValueError, match="next_len"):
+        row(next_len=0)
+
+
 def test_adversarial_passes_add_cpu_memory(bert):
     assert [adversarial_passes(m, 3) for m in (None, "fgm", "pgd", "freelb")] == [1, 2, 4, 4]
     plain, fgm = lora(bert), lora(bert, adversarial="fgm")
@@ -83,10 +108,10 @@ def test_bench_cells_plan_with_their_training_options(tmp_path, bert):
         train={"gradient_checkpointing": True, "adversarial": "fgm", "lr_scheduler": "linear"},
     )
     result = plan_cell(
-        bert, "classification", spec, 8, 32, "cpu", num_labels=2, train_samples=64, max_steps=20
+        bert, "classification", spec, 8, 32, "cpu", num_labels=2, train_samples=64, max_steps=20, next_len=16
     )
     assert result.gradient_checkpointing and result.adversarial == "fgm"
-    assert (result.train_size, result.max_steps) == (64, 20)
+    assert (result.train_size, result.max_steps, result.next_len) == (64, 20, 16)
 
 
 def test_cli_plans_the_run_settings_and_shows_the_cuda_column(capsys, bert):

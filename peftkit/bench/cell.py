@@ -74,12 +74,15 @@ def score_and_save(model, tokenizer, task_obj, test, task: TaskSpec, budget: dic
         row["checkpoint_mb"] = directory_mb(peftkit.save(model, adapter_dir))
 
 
-def longest_input(task_obj, tokenizer, train, max_length: int) -> int:
-    """The padded length of the longest training batch: the longest tokenized example."""
+def input_lengths(task_obj, tokenizer, train, max_length: int) -> tuple[int, int]:
+    """The padded lengths of the longest training batch (the longest tokenized example) and of the
+    longest batch after it: at most the second-longest example, since peftkit's sampler trains the
+    longest batch first (the planner's ``seq_len`` and ``next_len``)."""
     from datasets import DatasetDict
 
     prepared = task_obj.prepare(DatasetDict(train=train), tokenizer, max_length=max_length)["train"]
-    return max(len(x) for x in prepared["input_ids"])
+    lengths = sorted((len(x) for x in prepared["input_ids"]), reverse=True)
+    return lengths[0], lengths[min(1, len(lengths) - 1)]
 
 
 def score_perturbed(model, tokenizer, task_obj, test, task: TaskSpec, budget: dict[str, Any], device: str,
@@ -178,8 +181,8 @@ PLANNED_TRAIN_OPTIONS = ("gradient_checkpointing", "adversarial", "adv_steps")
 
 def plan_cell(model_path: str, task: str, strategy: StrategySpec, batch_size: int, seq_len: int, device: str,
               num_labels: int | None = None, train_samples: int | None = None, max_steps: int | None = None,
-              gguf_file: str | None = None):
-    """The planner's `Plan` of one cell: its strategy, options, training options and data size.
+              gguf_file: str | None = None, next_len: int | None = None):
+    """The planner's `Plan` of one cell: its strategy, options, training options, data size and lengths.
 
     ``gguf_file``: the model is that GGUF file in ``model_path`` (its config is read from the file's header)."""
     from ..planner import plan
@@ -193,19 +196,21 @@ def plan_cell(model_path: str, task: str, strategy: StrategySpec, batch_size: in
     train = {k: v for k, v in strategy.train.items() if k in PLANNED_TRAIN_OPTIONS and v is not None}
     return plan(model, task=task, batch_size=batch_size, seq_len=seq_len, strategies=[strategy.strategy],
                 quantization=(strategy.quantization,), device=device, num_labels=num_labels,
-                train_size=train_samples or None, max_steps=max_steps or None, **train, **options)
+                train_size=train_samples or None, max_steps=max_steps or None, next_len=next_len or None, **train,
+                **options)
 
 
 def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_size: int, seq_len: int,
                       device: str, num_labels: int | None = None, train_samples: int | None = None,
-                      max_steps: int | None = None, gguf_file: str | None = None) -> tuple[float | None, str]:
+                      max_steps: int | None = None, gguf_file: str | None = None,
+                      next_len: int | None = None) -> tuple[float | None, str]:
     """The planner's predicted peak (MiB) for one cell, and a note; (None, why) when unavailable.
 
     Kept in this one function so that a change in `peftkit.planner` is fixed here alone.
     """
     try:
         row = plan_cell(model_path, task, strategy, batch_size, seq_len, device, num_labels, train_samples,
-                        max_steps, gguf_file).rows[0]
+                        max_steps, gguf_file, next_len).rows[0]
     except ImportError:
         return None, "planner not available (peftkit.planner)"
     except Exception as err:  # noqa: BLE001 - a planner bug must not fail the measured cell
@@ -301,11 +306,12 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     row.update(probe.stop())
     row.update(step_utilization(model, tokenizer, task_obj, data["train"], config, steps, seconds, device))
 
-    seq_len = longest_input(task_obj, tokenizer, data["train"], task.max_length)
+    seq_len, next_len = input_lengths(task_obj, tokenizer, data["train"], task.max_length)
     predicted, note = predicted_peak_mb(model_path, task.task, spec, config.batch_size, seq_len, device,
                                         num_labels=len(labels) if labels else None,
-                                        train_samples=len(data["train"]), max_steps=steps, gguf_file=gguf_file)
-    row.update(seq_len=seq_len, predicted_peak_memory_mb=predicted, prediction_note=note, status="ok")
+                                        train_samples=len(data["train"]), max_steps=steps, gguf_file=gguf_file,
+                                        next_len=next_len)
+    row.update(seq_len=seq_len, next_seq_len=next_len, predicted_peak_memory_mb=predicted, prediction_note=note, status="ok")
     return row
 
 

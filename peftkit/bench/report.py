@@ -11,6 +11,7 @@ sweep, ``sweep.png``.
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -744,16 +745,37 @@ def readme_markers(suite: str) -> tuple[str, str]:
     return f"<!-- bench:{suite}:start -->", f"<!-- bench:{suite}:end -->"
 
 
+PART_OPTIONS = ("--tasks", "--strategies", "--retry-failed")  # options that run a part of a suite
+
+
+def whole_suite_command(command: str | None) -> str | None:
+    """``command`` without the options that ran only a part of the suite (``--tasks``, ``--strategies`` and
+    their values, ``--retry-failed``): the command that runs, or resumes, all of it."""
+    if not command:
+        return command
+    words, kept, skipping = shlex.split(command), [], False
+    for word in words:
+        if word.startswith("--"):
+            skipping = word.split("=")[0] in PART_OPTIONS
+        elif word.startswith("-") and len(word) > 1:
+            skipping = False
+        if not skipping:
+            kept.append(word)
+    return shlex.join(kept)
+
+
 def readme_section(results: dict[str, Any], results_dir: str) -> str:
     """"Choosing a strategy": the metric of every strategy per task, its memory and time, and
     which to pick, all computed from results.json (nothing typed by hand)."""
     views = task_views(results)
     tasks = {view.name: rows for view in views if (rows := view.summary())}
     order = [n for n in strategy_order(results) if n not in BASELINE_STRATEGIES]
-    run = (results.get("runs") or [{}])[-1]
-    m = run.get("machine", {})
-    lines = [f"Measured with `{run.get('command')}` on {m.get('cpu')} ({m.get('cores')} cores); every cell of a task "
-             f"trains for the same budget. Full tables, plots and the error of every failed cell: "
+    runs = results.get("runs") or [{}]
+    m = runs[-1].get("machine", {})
+    sittings = sum(1 for r in runs if r.get("cells_run"))
+    where = f" in {sittings} sittings (each listed in results.md)" if sittings > 1 else ""
+    lines = [f"Measured with `{whole_suite_command(runs[-1].get('command'))}`{where} on {m.get('cpu')} ({m.get('cores')} "
+             f"cores); every cell of a task trains for the same budget. Full tables, plots and the error of every failed cell: "
              f"[{results_dir}/results.md]({results_dir}/results.md).", "",
              "| strategy | trainable % | " + " | ".join(tasks) + " | mean peak memory (MiB) | mean train time (s) |",
              "|---|---:|" + "---:|" * len(tasks) + "---:|---:|"]

@@ -21,7 +21,7 @@ COLUMNS = (
 )
 EXTRA_COLUMNS = (
     "seed", "train_size", "task_type", "base_strategy", "options", "lr", "batch_size", "max_steps", "max_length",
-    "seq_len", "train_samples", "eval_samples", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds", "metrics", "peak_rss_mb", "peak_memory_reserved_mb",
+    "seq_len", "next_seq_len", "train_samples", "eval_samples", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds", "metrics", "peak_rss_mb", "peak_memory_reserved_mb",
     "baseline_rss_mb", "peak_reset", "prediction_note", "torch", "transformers", "peft", "cell_seconds", "cell_cpu_seconds",
     "status", "mixed_precision", "step_gflops", "achieved_gflops_per_s", "peak_gflops_per_s", "peak_fraction",
     "tuned_params", "tune_trials", "compile_seconds", "trainer_args",

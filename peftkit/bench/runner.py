@@ -323,9 +323,11 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
 
     A prediction reads only the cell's settings (model, task, strategy, quantization, batch size,
     longest training sequence, number of labels), never its measurement, so a planner improved
-    after a suite ran can be scored on that suite's measurements without training again. The
-    rows keep the old value as ``previous_predicted_peak_memory_mb``; results.json records when
-    and with which planner the predictions were made. Returns the updated results.
+    after a suite ran can be scored on that suite's measurements without training again. A row from
+    before ``next_seq_len`` was recorded gets it from its training data when the data is at hand
+    (tokenized once per task, size and seed). The rows keep the old value as
+    ``previous_predicted_peak_memory_mb``; results.json records when and with which planner the
+    predictions were made. Returns the updated results.
     """
     from .cell import predicted_peak_mb
     from .common import model_source, resolve_device
@@ -338,6 +340,7 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
     model_path, extra = model_source(suite)
     device = resolve_device(suite)
     num_labels = label_counter(suite)
+    lengths = _recorded_lengths(suite, model_path, extra)
     for row in results["rows"]:
         if row.get("status") != "ok" or not row.get("seq_len") or row["strategy"] not in {s.name for s in suite.strategies}:
             continue
@@ -347,7 +350,8 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
             spec = spec.with_tuned(json.loads(row["tuned_params"]))
         predicted, note = predicted_peak_mb(model_path, task.task, spec, int(row["batch_size"]), int(row["seq_len"]), device,
                                             num_labels=num_labels(row), train_samples=row.get("train_samples"),
-                                            max_steps=row.get("max_steps"), gguf_file=extra.get("gguf_file"))
+                                            max_steps=row.get("max_steps"), gguf_file=extra.get("gguf_file"),
+                                            next_len=lengths(row))
         row.setdefault("previous_predicted_peak_memory_mb", row.get("predicted_peak_memory_mb"))
         row.update(predicted_peak_memory_mb=predicted, prediction_note=note or "re-predicted from the cell's settings")
     from .cell import versions
@@ -356,6 +360,37 @@ def repredict(output_dir: str | os.PathLike, suite_path: str | os.PathLike | Non
                               "command": command_line(), "peftkit": versions().get("peftkit")}
     write_results(out, results)
     return results
+
+
+def _recorded_lengths(suite, model_path: str, extra: dict[str, Any]):
+    """``row -> next_seq_len``: the row's own, else read from its training data (None where the data is missing)."""
+    found: dict[tuple, int | None] = {}
+
+    def lengths(row: dict[str, Any]) -> int | None:
+        if row.get("next_seq_len"):
+            return int(row["next_seq_len"])
+        key = (row["task"], row.get("train_size"), row.get("seed") or 0)
+        if key not in found:
+            from transformers import AutoTokenizer
+
+            from ..loading import _load_tokenizer
+            from ..tasks import get_task
+            from .cell import input_lengths
+            from .common import load_task_data
+
+            task = suite.task(row["task"])
+            try:
+                data = load_task_data(task, row.get("train_size"), int(key[2]))
+            except FileNotFoundError:
+                found[key] = None
+            else:
+                tokenizer = _load_tokenizer(AutoTokenizer, model_path, task.task, extra)
+                found[key] = input_lengths(get_task(task.task), tokenizer, data["train"], task.max_length)[1]
+        if found[key] is not None:
+            row["next_seq_len"] = found[key]
+        return found[key]
+
+    return lengths
 
 
 def portable_path(path: str | os.PathLike) -> str:

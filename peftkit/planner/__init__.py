@@ -34,7 +34,10 @@ and adds up, per row:
   ``seq_len`` bound them: `distinct_batches`) and with the step's activations; plus, for a
   quantized base, part of the float weights read while loading it (`KBIT_RETAINED`). Adversarial
   training (``adversarial``, ``adv_steps``) adds to the CPU activations a share of one pass's
-  activations per extra pass (`ADVERSARIAL_PASS_SHARE`).
+  activations per extra pass (`ADVERSARIAL_PASS_SHARE`). peftkit's sampler trains the longest batch
+  first, before AdamW has made its states: given ``next_len`` (the longest batch after it, which a
+  benchmark cell reads from its data), the CPU peak is the larger of that first step (runtime
+  only beside it) and the later steps at ``next_len`` with all of the above.
 - **cuda peak** (every row, whatever ``device``): the same run on one CUDA GPU as
   ``torch.cuda.max_memory_allocated`` counts it, with the weights in the checkpoint's dtype; the
   CUDA context (~400 MiB, `CUDA_CONTEXT_BYTES`) is not in it.

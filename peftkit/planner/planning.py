@@ -14,7 +14,14 @@ import torch
 
 from ..introspect import check_task
 from ..loading import QUANTIZATIONS
-from .constants import CUDA_CONTEXT_BYTES, DEVICES, KBIT_RETAINED, OPTIMIZERS, OVERHEAD_BYTES
+from .constants import (
+    CPU_RUNTIME_BYTES,
+    CUDA_CONTEXT_BYTES,
+    DEVICES,
+    KBIT_RETAINED,
+    OPTIMIZERS,
+    OVERHEAD_BYTES,
+)
 from .costs import (
     _dtype_bytes,
     activation_bytes,
@@ -95,6 +102,7 @@ class Plan:
     max_steps: int | None = None
     adversarial: str | None = None
     adv_steps: int = 2
+    next_len: int | None = None
     _profiles: list[_Profile] = field(default_factory=list, repr=False)
     _dtype: torch.dtype = field(default=torch.float32, repr=False)
     _cuda_dtype: torch.dtype = field(default=torch.float32, repr=False)
@@ -118,7 +126,8 @@ class Plan:
         other = Plan(self.model, self.task, batch_size or self.batch_size, seq_len or self.seq_len, self.device,
                      self.optimizer, self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
                      self.budget, [], self.results_used, self.scores, self.scores_source, self.train_size,
-                     self.max_steps, self.adversarial, self.adv_steps, _dtype=self._dtype, _cuda_dtype=self._cuda_dtype)
+                     self.max_steps, self.adversarial, self.adv_steps, self.next_len if seq_len is None else None,
+                     _dtype=self._dtype, _cuda_dtype=self._cuda_dtype)
         for p in self._profiles:
             row = copy.deepcopy(p.row)
             other._profiles.append(dataclasses.replace(p, row=row))
@@ -131,7 +140,7 @@ class Plan:
             "model": self.model, "task": self.task, "batch_size": self.batch_size, "seq_len": self.seq_len,
             "device": self.device, "optimizer": self.optimizer, "gradient_checkpointing": self.gradient_checkpointing,
             "budget": self.budget, "train_size": self.train_size, "max_steps": self.max_steps,
-            "adversarial": self.adversarial, "adv_steps": self.adv_steps, "rows": [r.to_dict() for r in self.rows],
+            "adversarial": self.adversarial, "adv_steps": self.adv_steps, "next_len": self.next_len, "rows": [r.to_dict() for r in self.rows],
             "recommendation": self.recommend.to_dict(), "results_used": self.results_used,
         }
 
@@ -185,10 +194,14 @@ def _short(error: str) -> str:
     return first if len(first) <= 150 else first[:147] + "..."
 
 
+FIRST_STEP_NOTE = "peak at the first step"
+
+
 def _price(plan: Plan, profile: _Profile) -> None:
     row = profile.row
     if row.error:
         return
+    row.notes = [n for n in row.notes if not n.startswith(FIRST_STEP_NOTE)]  # a repriced row says it anew
     parts = _parts(plan, profile, plan.device)
     row.weights, row.gradients, row.optimizer_states, row.activations, row.overhead = parts
     row.predicted_peak = sum(parts)
@@ -207,21 +220,36 @@ def _parts(plan: Plan, profile: _Profile, device: str) -> tuple[int, int, int, i
     act_size = 4 if row.quantization else _dtype_bytes(dtype)
     if plan.adversarial:  # the perturbation is added to the embeddings' output: gradients reach every block
         structure = dataclasses.replace(structure, input_grads=True, first_block=0.0)
-    saved, temporaries = activation_bytes(structure, plan.batch_size, plan.seq_len, device, act_size,
-                                          plan.gradient_checkpointing)
-    activations = saved + temporaries
-    activations += adversarial_bytes(adversarial_passes(plan.adversarial, plan.adv_steps), activations, device)
+    def step_activations(seq_len: int) -> tuple[int, int]:  # (all activations, one pass's)
+        one = sum(activation_bytes(structure, plan.batch_size, seq_len, device, act_size, plan.gradient_checkpointing))
+        return one + adversarial_bytes(adversarial_passes(plan.adversarial, plan.adv_steps), one, device), one
+
+    activations, one_pass = step_activations(plan.seq_len)
+    gradients = sum(n * size for n, size in tensors)
+    states = optimizer_bytes(tensors, plan.optimizer)
     if device == "cpu":
         batches = distinct_batches(plan.batch_size, plan.seq_len, plan.train_size, plan.max_steps)
-        overhead = cpu_overhead_bytes(batches, saved + temporaries)
+        overhead = cpu_overhead_bytes(batches, one_pass)
+        if plan.next_len and plan.next_len < plan.seq_len:
+            # peftkit's sampler trains the longest batch first, before the optimizer has made its states (AdamW
+            # makes them at its first step, after the backward pass freed the activations): that step needs
+            # the runtime beside it, and the blocks it frees then serve the shorter batches. What the allocator
+            # keeps after differently shaped batches builds up on the later steps, whose longest padded length
+            # is next_len. The peak is the larger of the two.
+            later, later_pass = step_activations(plan.next_len)
+            later_overhead = cpu_overhead_bytes(batches, later_pass)
+            if activations + CPU_RUNTIME_BYTES > states + later + later_overhead:
+                states, overhead = 0, CPU_RUNTIME_BYTES
+                row.notes.append(f"{FIRST_STEP_NOTE} ({plan.seq_len} tokens, before the optimizer states)")
+            else:
+                activations, overhead = later, later_overhead
         if row.quantization:
             constant, share = KBIT_RETAINED[row.quantization]
             # a linear fit over two model sizes (its 8-bit constant is negative): retained memory is never below 0
             overhead += max(0, int(constant + share * 4 * structure.quantized_values))
     else:
         overhead = OVERHEAD_BYTES[device]
-    gradients = sum(n * size for n, size in tensors)
-    return weights, gradients, optimizer_bytes(tensors, plan.optimizer), activations, overhead
+    return weights, gradients, states, activations, overhead
 
 
 # --------------------------------------------------------------------------- plan()
@@ -270,6 +298,7 @@ def plan(
     max_steps: int | None = None,
     adversarial: str | None = None,
     adv_steps: int = 2,
+    next_len: int | None = None,
     **strategy_options: dict[str, Any],
 ) -> Plan:
     """Predict the peak training memory of every strategy x quantization for ``model``.
@@ -289,7 +318,11 @@ def plan(
     ``train_size`` (examples) and ``max_steps``: how many differently padded batches the run sees,
     which sets what the CPU allocator keeps (`distinct_batches`); unknown: a few hundred steps.
     ``adversarial`` ("fgm", "pgd", "freelb") and ``adv_steps``: the extra passes of adversarial
-    training (TrainConfig's options of the same names). Every row also prices the same run on CUDA
+    training (TrainConfig's options of the same names). ``next_len``: the padded length of the longest
+    batch after the first, when known (peftkit's sampler trains the longest batch first; a benchmark
+    cell reads it from its data): on the CPU the peak is then the larger of the first step at
+    ``seq_len`` and the later steps at ``next_len`` with what the allocator keeps after them.
+    Unknown: every step may reach ``seq_len``. Every row also prices the same run on CUDA
     (``Row.cuda_peak``, in the checkpoint's dtype).
     """
     from ..parameters import count_parameters
@@ -300,7 +333,7 @@ def plan(
     _check_choice("device", device, DEVICES)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("adv_steps", adv_steps),
-                        ("train_size", train_size or 1), ("max_steps", max_steps or 1)):
+                        ("train_size", train_size or 1), ("max_steps", max_steps or 1), ("next_len", 1 if next_len is None else next_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     adversarial = None if adversarial in (None, "", "none") else adversarial
@@ -331,7 +364,7 @@ def plan(
     result = Plan(label, task, batch_size, seq_len, device, optimizer, gradient_checkpointing, budget_bytes, [],
                   results_used=used, scores=dict(scores) if scores else None,
                   scores_source=(scores_source or "the scores passed in") if scores else None, train_size=train_size,
-                  max_steps=max_steps, adversarial=adversarial, adv_steps=adv_steps,
+                  max_steps=max_steps, adversarial=adversarial, adv_steps=adv_steps, next_len=next_len,
                   _dtype=_compute_dtype(config, device), _cuda_dtype=_compute_dtype(config, "cuda"))
     twin = None
     twin_checked = False
