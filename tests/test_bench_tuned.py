@@ -597,3 +597,15 @@ def test_readme_section_names_the_whole_suites_command_and_its_sittings():
     text = readme_section(_results(rows, runs=runs), "r")
     assert f"Measured with `{base}` in 2 sittings (each listed in results.md) on" in text
     assert "in 2 sittings" not in readme_section(_results(rows, runs=runs[:1]), "r")
+    assert "Not run on every task yet" not in text
+
+
+def test_readme_section_says_which_strategies_ran_on_part_of_the_tasks():
+    from peftkit.bench.report import readme_section
+
+    rows = [{**_row(name, 0, 0.9), "trainable_percent": 1.0} for name in ("full", "lora")]
+    rows.append({**_row("full", 0, 0.8), "task": "cola", "trainable_percent": 100.0})
+    results = _results(rows)
+    results["tasks"]["cola"] = {"task": "classification", "metric": "accuracy", "budget": {"max_steps": 10}}
+    text = readme_section(results, "r")
+    assert "Not run on every task yet: lora; their means cover the tasks they ran" in text

@@ -779,17 +779,23 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
              f"[{results_dir}/results.md]({results_dir}/results.md).", "",
              "| strategy | trainable % | " + " | ".join(tasks) + " | mean peak memory (MiB) | mean train time (s) |",
              "|---|---:|" + "---:|" * len(tasks) + "---:|---:|"]
+    partial = []
     for name in order:
         cells = [next((r for r in rows if r["strategy"] == name), None) for rows in tasks.values()]
         ok = [r for r in cells if r and _ok(r)]
         if not any(cells):
             continue
+        if not all(cells):
+            partial.append(name)
         metrics = [(f"{r['metric_value']:.3f}" + (f" ± {r['metric_std']:.3f}" if r.get("metric_std") is not None else ""))
                    if r and _ok(r) else ("failed" if r else "") for r in cells]
         percent = statistics.mean(r["trainable_percent"] for r in ok) if ok else None
         memory = statistics.mean(r["peak_memory_mb"] for r in ok) if ok else None
         seconds = statistics.mean(r["train_seconds"] for r in ok) if ok else None
         lines.append(f"| {name} | {_num(percent, 3)} | " + " | ".join(metrics) + f" | {_num(memory, 0)} | {_num(seconds, 0)} |")
+    if partial and len(tasks) > 1:
+        lines += ["", f"Not run on every task yet: {', '.join(partial)}; their means cover the tasks they ran, and the "
+                      "averages below (best on average, least memory) leave them out."]
     for view in views:
         if view.sweep:  # a data-size sweep: the metric at every size
             table = _sweep_table(view.rows, view.metric, order)
