@@ -119,6 +119,32 @@ def test_rerun_skips_done_cells(quick_results, monkeypatch):
     assert after["runs"][-1]["cells_run"] == 0 and after["runs"][-1]["cells_skipped"] == len(before["rows"])
 
 
+def test_a_run_stopped_part_way_records_the_cells_it_ran_not_those_it_planned(tmp_path, monkeypatch):
+    from peftkit.bench import runner
+
+    ran = []
+
+    def run_one(suite, key, log_dir, timeout=None, keep_dir=None, tuned=None):
+        if ran:
+            raise KeyboardInterrupt  # the user stops the run during its second cell
+        ran.append(key)
+        return {**vars(key), "status": "ok", "error": "", "metric_value": 0.5}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    monkeypatch.setenv("PEFTKIT_BENCH_QUICK_DIR", str(tmp_path / "models"))  # never loaded: no cell trains
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(QUICK_SUITE, tmp_path, progress=False, report=False)
+    results = json.loads((tmp_path / "results.json").read_text())
+    run = results["runs"][-1]
+    assert run["cells_run"] == 1 and run["cells_planned"] == len(runner.select_cells(runner.load_suite(QUICK_SUITE))) > 1
+    assert [r["strategy"] for r in results["rows"]] == [ran[0].strategy]
+
+    from peftkit.bench.report import _run_counts
+
+    assert _run_counts(run) == f"1 cells run of {run['cells_planned']} planned"
+    assert _run_counts({"cells_run": 0, "cells_planned": 21, "searches_run": 3}) == "0 cells run of 21 planned, 3 searches"
+
+
 @pytest.mark.slow
 def test_rerun_runs_again_cells_whose_settings_changed(quick_results, tmp_path):
     """A cell whose lr or options changed in the suite file is stale: it (and the baselines that re-train

@@ -394,6 +394,38 @@ def test_list_says_what_a_run_would_do_with_tuned_cells(tmp_path, quick_dir, cap
     monkeypatch.setattr(runner, "run_one", run_one)
     runner.run_suite(changed, out, progress=False, report=False)
     assert searched == [("sentiment", "lora")] and ran == [("lora", 0), ("lora", 1)]
+    run = json.loads((out / "results.json").read_text())["runs"][-1]
+    assert (run["cells_planned"], run["cells_run"], run["searches_run"]) == (2, 2, 1)
+
+
+def test_one_at_a_time_each_strategy_is_searched_just_before_its_cells(tmp_path, quick_dir, monkeypatch):
+    """A run stopped part-way leaves whole strategies (searched, all seeds trained); with --jobs > 1 every
+    search comes first, so that the cells can then run side by side."""
+    import peftkit.bench.runner as runner
+    import peftkit.bench.tune as bench_tune
+
+    path = write_suite(tmp_path / "s.yaml", TUNED_SUITE.format(root=quick_dir).replace(", tune: false", ""))
+    events = []
+
+    def ensure_tuned(suite, task, strategy, out, progress=True):
+        events.append(f"search {strategy}")
+        return {"params": {"lr": 0.004}, "trials": 1, "requested": 1}
+
+    def run_one(suite, key, log_dir, timeout=None, keep_dir=None, tuned=None):
+        events.append(f"cell {key.strategy}/{key.seed}")
+        return {**vars(key), "status": "ok", "error": "", "metric_value": 0.5}
+
+    monkeypatch.setattr(bench_tune, "ensure_tuned", ensure_tuned)
+    monkeypatch.setattr(runner, "run_one", run_one)
+    runner.run_suite(path, tmp_path / "serial", progress=False, report=False)
+    assert events == ["search untrained", "cell untrained/0", "search lora", "cell lora/0", "cell lora/1",
+                      "search bitfit", "cell bitfit/0"]
+    run = json.loads((tmp_path / "serial" / "results.json").read_text())["runs"][-1]
+    assert (run["cells_run"], run["searches_run"]) == (4, 2)  # untrained has nothing to search
+
+    events.clear()
+    runner.run_suite(path, tmp_path / "side-by-side", jobs=2, progress=False, report=False)
+    assert events[:3] == ["search untrained", "search lora", "search bitfit"] and len(events) == 7
 
 
 # --------------------------------------------------------------------------- peftkit compare
@@ -597,6 +629,8 @@ def test_readme_section_names_the_whole_suites_command_and_its_sittings():
     text = readme_section(_results(rows, runs=runs), "r")
     assert f"Measured with `{base}` in 2 sittings (each listed in results.md) on" in text
     assert "in 2 sittings" not in readme_section(_results(rows, runs=runs[:1]), "r")
+    runs.append({"command": f"{base} --tasks sst2", "cells_run": 0, "searches_run": 3})  # stopped before its cells
+    assert "in 3 sittings" in readme_section(_results(rows, runs=runs), "r")
     assert "Not run on every task yet" not in text
 
 

@@ -292,13 +292,20 @@ def planner_errors(results: dict[str, Any]) -> list[tuple[dict[str, Any], float]
 # --------------------------------------------------------------------------- markdown
 
 
+def _run_counts(run: dict[str, Any]) -> str:
+    """"12 cells run of 21 planned, 3 searches": what one sitting of a suite did."""
+    ran, planned, searches = run.get("cells_run", 0), run.get("cells_planned"), run.get("searches_run")
+    text = f"{ran} cells run" + (f" of {planned} planned" if planned is not None and planned != ran else "")
+    return text + (f", {searches} searches" if searches else "")
+
+
 def _environment_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     for run in results.get("runs", []):
         m, v = run.get("machine", {}), run.get("versions", {})
         where = f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
         soft = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "peftkit", "python") if k in v)
-        lines.append(f"- {run.get('date')}: `{run.get('command')}` ({run.get('cells_run', 0)} cells run, "
+        lines.append(f"- {run.get('date')}: `{run.get('command')}` ({_run_counts(run)}, "
                      f"{run.get('cells_skipped', 0)} already done{'; ' + str(run['jobs']) + ' cells at a time' if run.get('jobs', 1) > 1 else ''})  \n"
                      f"  machine: {where}, {m.get('os')}  \n  versions: {soft}")
     return lines
@@ -772,7 +779,7 @@ def readme_section(results: dict[str, Any], results_dir: str) -> str:
     order = [n for n in strategy_order(results) if n not in BASELINE_STRATEGIES]
     runs = results.get("runs") or [{}]
     m = runs[-1].get("machine", {})
-    sittings = sum(1 for r in runs if r.get("cells_run"))
+    sittings = sum(1 for r in runs if r.get("cells_run") or r.get("searches_run"))
     where = f" in {sittings} sittings (each listed in results.md)" if sittings > 1 else ""
     lines = [f"Measured with `{whole_suite_command(runs[-1].get('command'))}`{where} on {m.get('cpu')} ({m.get('cores')} "
              f"cores); every cell of a task trains for the same budget. Full tables, plots and the error of every failed cell: "

@@ -235,13 +235,14 @@ def run_suite(
     results = read_results(out)
     done = done_rows(suite, results)
     cells = select_cells(suite, tasks, strategies)
-    from .tune import cached_tunes, ensure_tuned
+    from .tune import cached_tunes, ensure_tuned, tunes_for
 
     tuned = cached_tunes(suite, out, cells)
     todo, stale = pending_cells(suite, cells, done, retry_failed, tuned)
     skipped = len(cells) - len(todo)
     run = {"command": command or command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": machine(), "versions": versions(), "cells_run": len(todo), "cells_skipped": skipped, "jobs": jobs}
+           "machine": machine(), "versions": versions(), "cells_planned": len(todo), "cells_run": 0, "cells_skipped": skipped,
+           "searches_run": 0, "jobs": jobs}
     results.update(suite=suite.name, suite_file=portable_path(suite.path), description=suite.description,
                    model=suite.model.hub_id or suite.model.path, budget=suite.budget)
     results.setdefault("runs", []).append(run)
@@ -266,23 +267,39 @@ def run_suite(
     keep = Path(keep_checkpoints) if keep_checkpoints else None
     order = {k.id(): i for i, k in enumerate(suite.cells())}
 
-    def store(row: dict[str, Any]) -> None:
-        row.setdefault("run_date", run["date"])  # which run measured it (a suite can be filled over several)
-        done[CellKey.from_row(row).id()] = row
+    def store(row: dict[str, Any] | None = None) -> None:
+        """Write results.json: after each cell (``row``) and each search, so that a run stopped
+        part-way records what it ran (``cells_run``, ``searches_run``), not what it planned."""
+        if row is not None:
+            row.setdefault("run_date", run["date"])  # which run measured it (a suite can be filled over several)
+            done[CellKey.from_row(row).id()] = row
+            run["cells_run"] += 1
         results["rows"] = sorted(done.values(), key=lambda r: order.get(CellKey.from_row(r).id(), len(order)))
         write_results(out, results)
 
-    write_results(out, {**results, "rows": sorted(done.values(), key=lambda r: order.get(CellKey.from_row(r).id(), len(order)))})
-    for key in todo:  # each (task, strategy) is tuned (or read from its cache) before its first cell
+    def tuned_for(key: CellKey) -> dict[str, Any] | None:
+        """The search of the cell's (task, strategy), made now (or read from its cache) if it is not at hand."""
         if (key.task, key.strategy) not in tuned:
             tuned[(key.task, key.strategy)] = ensure_tuned(suite, key.task, key.strategy, out, progress)
+            if tunes_for(suite, key.task, key.strategy) is not None:
+                run["searches_run"] += 1
+                store()
+        return tuned.get((key.task, key.strategy))
+
+    store()
+    if jobs > 1:  # every search first, so that the cells then run side by side
+        for key in todo:
+            tuned_for(key)
     with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as tmp:
         log_dir = Path(tmp)
         bar = tqdm(total=len(todo), desc=f"bench {suite.name}", unit="cell", disable=not progress or not todo)
         if jobs <= 1:
             for key in todo:
+                # one at a time, each (task, strategy) is searched just before its first cell, so that a run
+                # stopped part-way leaves whole strategies (all their seeds) rather than searches without cells
+                chosen = tuned_for(key)
                 bar.set_postfix_str(f"{key.task}/{key.strategy}" + (f"/n={key.train_size}" if key.train_size else ""))
-                store(run_one(suite, key, log_dir, cell_timeout, keep, tuned.get((key.task, key.strategy))))
+                store(run_one(suite, key, log_dir, cell_timeout, keep, chosen))
                 bar.update(1)
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
