@@ -141,8 +141,9 @@ def test_a_run_stopped_part_way_records_the_cells_it_ran_not_those_it_planned(tm
 
     from peftkit.bench.report import _run_counts
 
-    assert _run_counts(run) == f"1 cells run of {run['cells_planned']} planned"
+    assert _run_counts(run) == f"1 cell run of {run['cells_planned']} planned"
     assert _run_counts({"cells_run": 0, "cells_planned": 21, "searches_run": 3}) == "0 cells run of 21 planned, 3 searches"
+    assert _run_counts({"cells_run": 21, "cells_planned": 21, "searches_run": 1}) == "21 cells run, 1 search"
 
 
 @pytest.mark.slow

@@ -295,8 +295,8 @@ def planner_errors(results: dict[str, Any]) -> list[tuple[dict[str, Any], float]
 def _run_counts(run: dict[str, Any]) -> str:
     """"12 cells run of 21 planned, 3 searches": what one sitting of a suite did."""
     ran, planned, searches = run.get("cells_run", 0), run.get("cells_planned"), run.get("searches_run")
-    text = f"{ran} cells run" + (f" of {planned} planned" if planned is not None and planned != ran else "")
-    return text + (f", {searches} searches" if searches else "")
+    text = f"{ran} cell{'s' * (ran != 1)} run" + (f" of {planned} planned" if planned is not None and planned != ran else "")
+    return text + (f", {searches} search{'es' * (searches != 1)}" if searches else "")
 
 
 def _environment_lines(results: dict[str, Any]) -> list[str]:
