@@ -154,7 +154,7 @@ def suite_config(args: argparse.Namespace) -> dict[str, Any]:
         "strategies": [{"name": s, "strategy": s} for s in args.strategies],
     }
     if args.tune_trials:
-        config["tune"] = {"trials": args.tune_trials, "max_steps": args.tune_steps or args.max_steps}
+        config["tune"] = {"trials": args.tune_trials, "max_steps": args.tune_steps or args.max_steps, "default_trial": True}
     return config
 
 

@@ -12,6 +12,10 @@ and several workers given one ``--storage`` share it.
 OUTPUT holds ``best.yaml`` (a config ``peftkit train --config`` takes as is), ``study.db``,
 ``trials.csv``, ``optimization_history.png`` and ``param_importances.png``. Only the best
 trial keeps its ``best/`` checkpoint. Neither torch nor optuna is imported until a search runs.
+
+A new study's trial 0 tries the untuned values (`default_point`: the strategy's default lr, the head
+at the same rate, the other defaults that lie in the space), so that a short search chooses other
+values only where a trial beats the defaults on validation; ``--no-default-trial`` skips it.
 """
 
 from __future__ import annotations
@@ -150,7 +154,9 @@ def default_space(strategy: str, task: str) -> dict[str, Range | Choice]:
     lr = default_learning_rate(strategy)
     space: dict[str, Range | Choice] = {"lr": Range(lr / 5, lr * 5, log=True)}
     if has_head(task):
-        space["head_lr"] = Range(1e-4, 1e-2, log=True)
+        # Untuned, the head trains at the strategy's rate (head_lr None): the range reaches it (prompt
+        # tuning's 3e-2), so that the default trial below lies in the space.
+        space["head_lr"] = Range(1e-4, max(1e-2, lr), log=True)
     space["warmup_ratio"] = Range(0.0, 0.2)
     space["weight_decay"] = Range(0.0, 0.1)
     space.update(STRATEGY_SPACES.get(strategy, {}))
@@ -194,6 +200,30 @@ def search_space(strategy: str, task: str, search=None, fixed: Iterable[str] = (
     space = {k: v for k, v in default_space(strategy, task).items() if k not in fixed}
     space.update(overrides)
     return space
+
+
+def default_point(strategy: str, space: Mapping[str, Range | Choice], lr: float | None = None,
+                  options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The values of ``space``'s keys that a run without tuning would use, where they lie in the space:
+    ``lr`` (given, else the strategy's default), ``head_lr`` (the same rate: untuned, the head trains at
+    lr), the other training options' TrainConfig defaults and the strategy's option defaults (``options``
+    given, else its resolved defaults). A key whose untuned value is outside its range is left out (the
+    sampler draws it)."""
+    from .strategies import default_learning_rate, get_strategy
+    from .training import TrainConfig
+
+    rate = lr if lr is not None else default_learning_rate(strategy)
+    untuned: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+    untuned.update(get_strategy(strategy).resolve_options(dict(options or {})))
+    untuned.update(lr=rate, head_lr=rate)
+    point = {}
+    for key, param in space.items():
+        value = untuned.get(key)
+        inside = (isinstance(value, (int, float)) and not isinstance(value, bool) and param.low <= value <= param.high
+                  if isinstance(param, Range) else value in param.values)
+        if inside:
+            point[key] = value
+    return point
 
 
 # --------------------------------------------------------------------------- one trial
@@ -402,11 +432,17 @@ def make_pruner(pruner: Any):
     return pruners[pruner]()
 
 
-def _sampler(seed: int, number: int):
+def _sampler(seed: int, number: int, fixed: Mapping[str, Any] | None = None):
+    """TPE seeded per trial number: reproducible, no repeats on resume, different across workers;
+    ``fixed``: values this trial takes instead of sampling them."""
     import optuna
 
-    # Seeded per trial number: reproducible, no repeats on resume, different across workers.
-    return optuna.samplers.TPESampler(seed=seed * 100_003 + number, constant_liar=True)
+    tpe = optuna.samplers.TPESampler(seed=seed * 100_003 + number, constant_liar=True)
+    if not fixed:
+        return tpe
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.PartialFixedSampler(dict(fixed), tpe)
 
 
 def _storage(url: str):
@@ -493,9 +529,15 @@ def run_tune(args: argparse.Namespace, pruner: Any = None) -> TuneResult:
     print(f"peftkit tune: study {name!r} in {url}: {_finished(study)} of {args.trials} trials finished; "
           f"{direction} validation {metric} on {where}, never test.")
     print("peftkit tune: search space: " + ", ".join(f"{k}={v}" for k, v in space.items()))
+    # Trial 0 (one per study, whichever worker gets it) tries the untuned values: the search then chooses
+    # others only where a trial beats the defaults on validation (a few random points can all miss them).
+    start = default_point(base.strategy, space, base.lr, base.strategy_options) if base.default_trial else {}
+    if start and not study.trials:
+        print("peftkit tune: trial 0 tries the untuned values: " + ", ".join(f"{k}={v:g}" if isinstance(v, float)
+              else f"{k}={v}" for k, v in start.items()))
 
     def objective(trial) -> float:
-        trial.study.sampler = _sampler(config.seed, trial.number)
+        trial.study.sampler = _sampler(config.seed, trial.number, start if trial.number == 0 else None)
         values = {key: param.suggest(trial, key) for key, param in space.items()}
         folder = _trial_dir(output, trial.number)
         folder.mkdir(parents=True, exist_ok=True)
@@ -579,6 +621,9 @@ def setup_tune_parser(p: argparse.ArgumentParser) -> Callable:
     p.add_argument("--study-name", help="name of the study in the storage (default: the output folder's name)")
     p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
                    help="stop trials behind the others at their evaluations (default: median)")
+    p.add_argument("--no-default-trial", dest="default_trial", action="store_false",
+                   help="start sampling at once; by default the first trial tries the untuned values (the "
+                   "strategy's default lr, the head at the same rate, every other default inside the space)")
     return cmd_tune
 
 

@@ -225,6 +225,7 @@ def quick_dir(tmp_path_factory):
             "strategy bitfit",
         ),  # bitfit has no r... once tuned
         (('search: {lr: "1e-4:1e-2:log"}', 'search: {lr: "1e-2:1e-4"}'), "low must be below high"),
+        (("tune: {trials: 1,", "tune: {default_trial: yes please, trials: 1,"), "tune.default_trial: expected bool"),
         (("seeds: [0, 1]", "seeds: []"), "give one or more different seeds"),
         (("seeds: [0, 1]", "seeds: [0, 0]"), "give one or more different seeds"),
     ],
@@ -250,6 +251,14 @@ def test_tuned_suite_cells_and_holdout(tmp_path, quick_dir):
     ]
     assert suite.strategy("lora").tune == {"trials": 1, "max_steps": 2, "search": {"lr": "1e-4:1e-2:log"}}
     assert suite.strategy("bitfit").tune is None and suite.task("sentiment").holdout
+    from peftkit.bench.tune import settings_key, tune_options
+
+    task, lora = suite.task("sentiment"), suite.strategy("lora")
+    assert tune_options(suite, task, lora)["default_trial"] is False  # searches cached before it stay valid
+    opted = load_suite(write_suite(tmp_path / "t.yaml", TUNED_SUITE.format(root=quick_dir).replace(
+        "tune: {trials: 1,", "tune: {default_trial: true, trials: 1,")))
+    assert tune_options(opted, task, opted.strategy("lora"))["default_trial"] is True
+    assert settings_key(opted, task, opted.strategy("lora")) != settings_key(suite, task, lora)  # a new search
     # No validation file: tuning's seeded carve-out of train is kept out of every cell's training set.
     from peftkit.data import load_data
 

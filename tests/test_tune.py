@@ -92,6 +92,27 @@ def test_default_space_per_strategy_and_task():
     assert set(space) == {"head_lr", "warmup_ratio", "weight_decay", "r"} and space["r"] == Range(2, 64)
 
 
+def test_the_untuned_values_are_a_point_of_every_default_space():
+    """Trial 0 of a search tries them, so the default space must hold them: the strategy's default lr and the
+    head at the same rate (untuned, head_lr is lr), and each strategy option's default. Except full
+    fine-tuning's head: untuned it learns at 2e-5, the rate that starved banking77's 77-way head (issue 12),
+    below the head's range."""
+    from peftkit.strategies import STRATEGIES, default_learning_rate, get_strategy
+    from peftkit.tuning import Range, default_point, search_space
+
+    for name in STRATEGIES:
+        space = search_space(name, "classification")
+        point = default_point(name, space)
+        lr = default_learning_rate(name)
+        assert point["lr"] == lr and point.get("head_lr") == (lr if name != "full" else None), name
+        assert set(point) == set(space) - ({"head_lr"} if name == "full" else set()), (name, set(space) - set(point))
+        assert all(point[k] == get_strategy(name).options[k] for k in point if k in get_strategy(name).options)
+    # a value outside its range is left to the sampler; a given lr and options are the untuned ones
+    space = {"lr": Range(1e-5, 3e-4, log=True), "head_lr": Range(1e-4, 1e-2, log=True), "r": Range(2, 64)}
+    assert default_point("lora", space) == {"head_lr": 5e-4, "r": 8}
+    assert default_point("lora", space, lr=2e-4, options={"r": 16}) == {"lr": 2e-4, "head_lr": 2e-4, "r": 16}
+
+
 @pytest.mark.parametrize("strategy, task, entry, message", [
     ("bitfit", "classification", "r=4,8", "strategy 'bitfit' has no option 'r'"),
     ("lora", "classification", "reduction_factor=8,16", "strategy 'lora' has no option 'reduction_factor'"),
@@ -147,7 +168,9 @@ def test_tune_writes_outputs_resumes_after_interrupt_and_best_yaml_trains(assets
     assert cli.main(argv) == 130
     first = _study(out)
     assert [t.state.name for t in first.trials] == ["COMPLETE", "FAIL"]
-    assert "re-run the same command to resume" in capsys.readouterr().err
+    first_out = capsys.readouterr()
+    assert "re-run the same command to resume" in first_out.err
+    printed_first = first_out.out
 
     monkeypatch.setattr(cli, "run_training", real)
     assert cli.main(argv) == 0  # the same command again: resumes, does not restart
@@ -158,6 +181,10 @@ def test_tune_writes_outputs_resumes_after_interrupt_and_best_yaml_trains(assets
     assert study.trials[0].params == first.trials[0].params and study.trials[0].value == first.trials[0].value
     assert len({tuple(sorted(t.params.items())) for t in _finished(study)}) == 3  # no repeats after resuming
     assert set(study.trials[0].params) == {"lr", "head_lr", "warmup_ratio", "weight_decay", "r", "alpha"}
+    from peftkit.tuning import default_point, search_space
+
+    assert study.trials[0].params == default_point("lora", search_space("lora", "classification"))  # the untuned values
+    assert "trial 0 tries the untuned values: lr=0.0005, head_lr=0.0005" in printed_first
     assert printed.count("trial ") >= 2 and "accuracy" in printed
 
     for name in ("best.yaml", "study.db", "trials.csv", "optimization_history.png", "param_importances.png"):
@@ -224,7 +251,8 @@ def test_a_trial_with_bad_intermediate_values_is_pruned(assets, tmp_path):
     out = tmp_path / "prune"
     common = dict(model=str(assets["model"]), task="classification", train=str(assets["data"] / "train.csv"),
                   validation=str(assets["data"] / "validation.csv"), max_steps=8, eval_steps=2, batch_size=8,
-                  output=str(out), train_options={"metric_for_best": "eval_loss", "warmup_ratio": 0.0})
+                  output=str(out), train_options={"metric_for_best": "eval_loss", "warmup_ratio": 0.0},
+                  default_trial=False)  # trial 0 samples the good range too
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1)
     good = peftkit.tune(trials=1, search={"lr": "2e-2:3e-2"}, pruner=pruner, **common)
     assert good.best_value is not None
@@ -270,6 +298,8 @@ def test_two_workers_share_one_sqlite_study(assets, tmp_path):
     study = _study(out)
     finished = {t.number for t in _finished(study)}
     assert not ran[0] & ran[1], "a trial number ran in both workers"
+    values = [tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(values) == len(set(values)), "two trials ran the same values"
     assert ran[0] | ran[1] == finished and len(finished) >= 6
     assert ran[0] and ran[1], "each worker ran trials of the shared study"
     assert [p.parent.name for p in (out / "trials").glob("*/best")] == [f"{study.best_trial.number:03d}"]

@@ -15,7 +15,9 @@ A suite file (``benchmarks/suites/*.yaml``)::
     budget: {max_steps: 150, batch_size: 32}   # the same for every cell (any TrainConfig field)
     tune: {trials: 6, max_steps: 100}          # optional: tune each (task, strategy) first (`TUNE_KEYS`);
                                      # max_steps: each trial's length, default the budget's (the cells'); a
-                                     # shorter one is cheaper but chooses the values at that shorter budget
+                                     # shorter one is cheaper but chooses the values at that shorter budget;
+                                     # default_trial: true makes trial 0 the untuned values (peftkit tune's
+                                     # default; false here, so that searches cached before it stay valid)
     tasks:
       - name: sst2
         task: classification         # classification | token-classification | causal-lm
@@ -87,7 +89,7 @@ _STRATEGY_KEYS = {"name", "strategy", "options", "lr", "quantization", "seeds", 
 # A suite's (or a strategy's) `tune:` section: `peftkit tune`'s settings for the short search run per
 # (task, strategy) before its cells (peftkit.bench.tune). Anything it does not give comes from the budget
 # (max_steps too: trials then train as long as the cells; a shorter one chooses at that shorter budget).
-TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_samples", "eval_steps"}
+TUNE_KEYS = {"trials", "max_steps", "timeout", "search", "pruner", "max_eval_samples", "eval_steps", "default_trial"}
 # Without a validation file, tuning scores on this fraction of train carved off with this seed (load_data's
 # default fraction), and every cell of the task trains without those rows.
 HOLDOUT_FRACTION = 0.1
@@ -469,6 +471,8 @@ def _tune_settings(raw: Any, where: str) -> dict[str, Any]:
             _positive_int(raw[key], f"{where}.{key}")
     if raw.get("timeout") is not None and _typed(raw["timeout"], f"{where}.timeout", (int, float)) <= 0:
         raise SuiteError(f"{where}.timeout: give a positive number of seconds, got {raw['timeout']!r}.")
+    if "default_trial" in raw:
+        _typed(raw["default_trial"], f"{where}.default_trial", bool)
     if raw.get("pruner", "median") not in ("median", "halving", "none"):
         raise SuiteError(f"{where}.pruner: {raw['pruner']!r} is not one of median, halving, none.")
     try:

@@ -80,6 +80,7 @@ def tune_options(
         max_steps=steps,
         eval_steps=settings.get("eval_steps"),
         trials=settings.get("trials", 6),
+        default_trial=bool(settings.get("default_trial", False)),
         timeout=settings.get("timeout"),
         train_options={**budget, "device": resolve_device(suite)},
         **task.columns,
