@@ -63,6 +63,9 @@ class Range:
         if self.log and self.low <= 0:
             raise SearchSpaceError(f"--search {key}={self}: a log range needs low > 0.")
 
+    def holds(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def suggest(self, trial, key: str):
         if self.integer:
             return trial.suggest_int(key, self.low, self.high, log=self.log)
@@ -81,6 +84,9 @@ class Choice:
     def check(self, key: str) -> None:
         if len(self.values) < 2 or len(set(map(repr, self.values))) != len(self.values):
             raise SearchSpaceError(f"--search {key}={self}: give at least two different values (e.g. {key}=4,8,16).")
+
+    def holds(self, value: Any) -> bool:
+        return value in self.values
 
     def suggest(self, trial, key: str):
         return trial.suggest_categorical(key, list(self.values))
@@ -216,14 +222,7 @@ def default_point(strategy: str, space: Mapping[str, Range | Choice], lr: float 
     untuned: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
     untuned.update(get_strategy(strategy).resolve_options(dict(options or {})))
     untuned.update(lr=rate, head_lr=rate)
-    point = {}
-    for key, param in space.items():
-        value = untuned.get(key)
-        inside = (isinstance(value, (int, float)) and not isinstance(value, bool) and param.low <= value <= param.high
-                  if isinstance(param, Range) else value in param.values)
-        if inside:
-            point[key] = value
-    return point
+    return {key: untuned[key] for key, param in space.items() if key in untuned and param.holds(untuned[key])}
 
 
 # --------------------------------------------------------------------------- one trial
