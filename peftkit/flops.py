@@ -1,18 +1,22 @@
-"""How close training comes to the machine's limit: FLOPs of a training step, against a measured peak.
+"""How close training comes to the machine's limit: FLOPs of training, against a measured peak.
 
 - `step_flops`: the FLOPs of one forward + backward, counted by ``torch.utils.flop_counter.
   FlopCounterMode`` (matmuls, convolutions, attention; elementwise work and the optimizer, small
   for adapters, are not counted: these are the "model FLOPs" of the MFU literature). The count is
   the same in every precision, so it runs in the model's own dtype.
+- `trained_flops`: the FLOPs of every micro-batch a run trained on, from the shapes the loop
+  recorded (`peftkit.training.TrainResult.batch_shapes`): length-grouped batches are padded far less
+  than a random one, so one sample batch times the step count overstates the work.
 - `matmul_peak`: what this machine reaches on a large square matmul (2048^3 by default) in a
   given dtype, the best of a few timed runs, cached per process: the ceiling a step can approach.
-- `utilization`: FLOPs/step, achieved FLOP/s (FLOPs x steps / training seconds) and the fraction
+- `utilization`: FLOPs/step, achieved FLOP/s (FLOPs / seconds in training steps) and the fraction
   of the peak in the step's precision: the benchmark's columns (`cell_columns` fills them).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -72,8 +76,9 @@ def matmul_peak(
 def utilization(
     flops_per_step: int, steps: int, seconds: float, precision: str, device: str = "cpu"
 ) -> dict[str, Any]:
-    """The benchmark columns: ``step_gflops``, ``achieved_gflops_per_s``, ``peak_gflops_per_s`` (the
-    `matmul_peak` in the precision's dtype) and ``peak_fraction``."""
+    """The benchmark columns: ``step_gflops`` (mean per optimizer step), ``achieved_gflops_per_s``,
+    ``peak_gflops_per_s`` (the `matmul_peak` in the precision's dtype), ``peak_fraction`` and the
+    ``step_seconds`` they were achieved in."""
     achieved = flops_per_step * steps / seconds if seconds > 0 else 0.0
     peak = matmul_peak(PRECISION_DTYPES.get(precision, torch.float32), device)
     return {
@@ -82,6 +87,7 @@ def utilization(
         "achieved_gflops_per_s": _four_digits(achieved / 1e9),
         "peak_gflops_per_s": _four_digits(peak / 1e9),
         "peak_fraction": _four_digits(achieved / peak),
+        "step_seconds": round(seconds, 2),
     }
 
 
@@ -102,14 +108,60 @@ def sample_batch(
     return task.collator(tokenizer)([prepared[i] for i in range(len(prepared))])
 
 
+def shaped(sample: dict[str, torch.Tensor], signature) -> dict[str, torch.Tensor]:
+    """``sample`` with each tensor cropped, or padded with zeros, to the shape ``signature`` names
+    (`peftkit.training.batch_signature`): a batch with a trained batch's shapes, for counting its FLOPs."""
+    batch = dict(sample)
+    for name, shape in signature:
+        source = sample[name]
+        out = source.new_zeros(shape)
+        common = tuple(slice(0, min(a, b)) for a, b in zip(shape, source.shape, strict=True))
+        out[common] = source[common]
+        batch[name] = out
+    return batch
+
+
+def trained_flops(model: torch.nn.Module, batch_shapes: Mapping[tuple, int], sample: dict[str, torch.Tensor]) -> int:
+    """FLOPs of training forward + backward over micro-batches of ``batch_shapes`` (signature -> count).
+
+    Every operation of a batch is batched over its rows, so a shape's FLOPs are ``fixed + rows x per_row``:
+    ``per_row`` from a one-row batch of that shape, ``fixed`` (what does not grow with the rows: a penalty
+    on the weights, as AdaLoRA's) from one whole batch of the commonest shape. One short count per distinct
+    length instead of one full step per batch.
+    """
+    if not batch_shapes:
+        return 0
+
+    def rows(signature) -> int:
+        return max((shape[0] for _, shape in signature if shape), default=1)
+
+    def one_row(signature):
+        return tuple((name, (1, *shape[1:]) if shape else shape) for name, shape in signature)
+
+    per_row: dict[tuple, int] = {}
+    for signature in batch_shapes:
+        key = one_row(signature)
+        if key not in per_row:
+            per_row[key] = step_flops(model, shaped(sample, key))
+    common = max(batch_shapes, key=lambda sig: (batch_shapes[sig], rows(sig)))
+    fixed = 0.0
+    if rows(common) > 1:
+        whole = step_flops(model, shaped(sample, common))
+        fixed = (rows(common) * per_row[one_row(common)] - whole) / (rows(common) - 1)
+    total = sum(
+        count * (fixed + rows(sig) * (per_row[one_row(sig)] - fixed)) for sig, count in batch_shapes.items()
+    )
+    return round(total)
+
+
 def cell_columns(
-    model, tokenizer, task, dataset, config, steps: int, seconds: float, device: str = "cpu"
+    model, tokenizer, task, dataset, config, result, steps: int, device: str = "cpu"
 ) -> dict[str, Any]:
-    """`utilization` of a finished training run of ``steps`` optimizer steps in ``seconds``: its FLOPs/step
-    counted on a sample batch of the run's size (times its gradient accumulation)."""
+    """`utilization` of a finished training run (its `peftkit.training.TrainResult`) of ``steps`` optimizer
+    steps: the FLOPs of the batches it trained on (`trained_flops`) over its seconds in training steps."""
     from .precision import resolve_mixed_precision
 
     precision = resolve_mixed_precision(config.mixed_precision, on_cpu=device == "cpu")  # as training did
-    batch = sample_batch(task, tokenizer, dataset, config.batch_size, config.max_length, config.seed)
-    per_step = step_flops(model, batch) * config.gradient_accumulation_steps
-    return utilization(per_step, steps, seconds, precision, "cuda" if device == "cuda" else "cpu")
+    sample = sample_batch(task, tokenizer, dataset, config.batch_size, config.max_length, config.seed)
+    total = trained_flops(model, result.batch_shapes, sample)
+    return utilization(total // max(1, steps), steps, result.step_seconds, precision, "cuda" if device == "cuda" else "cpu")

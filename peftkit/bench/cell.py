@@ -220,13 +220,14 @@ def predicted_peak_mb(model_path: str, task: str, strategy: StrategySpec, batch_
     return round(row.predicted_peak / 2**20, 1), ""
 
 
-def step_utilization(model, tokenizer, task_obj, train, config, steps: int, seconds: float, device: str) -> dict[str, Any]:
-    """FLOPs/step, achieved FLOP/s and the fraction of the measured matmul peak (`peftkit.flops`); counted
-    after the peak memory was read. Empty, with a note, where counting fails: the cell stays measured."""
+def step_utilization(model, tokenizer, task_obj, train, config, result, steps: int, device: str) -> dict[str, Any]:
+    """FLOPs/step, achieved FLOP/s and the fraction of the measured matmul peak (`peftkit.flops`) of the
+    training ``result``; counted after the peak memory was read. Empty, with a note, where counting fails:
+    the cell stays measured."""
     from ..flops import cell_columns
 
     try:
-        return cell_columns(model, tokenizer, task_obj, train, config, steps, seconds, device)
+        return cell_columns(model, tokenizer, task_obj, train, config, result, steps, device)
     except Exception as err:  # noqa: BLE001 - a FLOP count must not fail the measured cell
         return {"flops_note": f"FLOPs not counted: {type(err).__name__}: {err}"}
 
@@ -288,7 +289,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     from datasets import DatasetDict
 
     start, cpu_start, compiled = time.perf_counter(), time.process_time(), compile_total()
-    peftkit.train(model, tokenizer, DatasetDict(train=data["train"]), config, task=task_obj)
+    result = peftkit.train(model, tokenizer, DatasetDict(train=data["train"]), config, task=task_obj)
     seconds = time.perf_counter() - start
     row["train_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
     if config.max_steps:
@@ -304,7 +305,7 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)
     keep_teacher(suite, key, work_dir / "adapter")
     row.update(probe.stop())
-    row.update(step_utilization(model, tokenizer, task_obj, data["train"], config, steps, seconds, device))
+    row.update(step_utilization(model, tokenizer, task_obj, data["train"], config, result, steps, device))
 
     seq_len, next_len = input_lengths(task_obj, tokenizer, data["train"], task.max_length)
     predicted, note = predicted_peak_mb(model_path, task.task, spec, config.batch_size, seq_len, device,

@@ -24,7 +24,7 @@ EXTRA_COLUMNS = (
     "seq_len", "next_seq_len", "train_samples", "eval_samples", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds", "metrics", "peak_rss_mb", "peak_memory_reserved_mb",
     "baseline_rss_mb", "peak_reset", "prediction_note", "torch", "transformers", "peft", "cell_seconds", "cell_cpu_seconds",
     "status", "mixed_precision", "step_gflops", "achieved_gflops_per_s", "peak_gflops_per_s", "peak_fraction",
-    "tuned_params", "tune_trials", "compile_seconds", "trainer_args",
+    "step_seconds", "tuned_params", "tune_trials", "compile_seconds", "trainer_args",
 )
 
 

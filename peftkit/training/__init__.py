@@ -19,7 +19,8 @@
 
 The package, one concern per module:
 
-- ``config``: `TrainConfig` (validates itself), `TrainResult`, `resolve_epochs`, `target_metric`;
+- ``config``: `TrainConfig` (validates itself), `TrainResult`, `batch_signature`, `resolve_epochs`,
+  `target_metric`;
 - ``environment``: device and mixed precision checks, the Accelerator and its trackers;
 - ``sampling``: `GlobalBatchSampler` and the DataLoaders;
 - ``optimizer``: `parameter_groups`;
@@ -38,6 +39,7 @@ from .config import (
     TrainConfig,
     TrainingDiverged,
     TrainResult,
+    batch_signature,
     resolve_epochs,
     target_metric,
     tracker_names,
@@ -64,6 +66,7 @@ __all__ = [
     "RunParts",
     "TrainConfig",
     "TrainResult",
+    "batch_signature",
     "TrainingDiverged",
     "check_device",
     "evaluate",

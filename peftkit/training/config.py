@@ -213,7 +213,9 @@ class TrainConfig:
 class TrainResult:
     """``metrics``: final metrics on ``split`` (test when the data has one); ``history``: one row
     per evaluation; ``best_checkpoint``: directory of the best model (None without evaluation);
-    ``final_checkpoint``: the model the metrics were computed with; ``log``: every logged row."""
+    ``final_checkpoint``: the model the metrics were computed with; ``log``: every logged row;
+    ``batch_shapes`` and ``step_seconds``: what this process trained on, and for how long (a resumed run:
+    since it resumed)."""
 
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -221,6 +223,15 @@ class TrainResult:
     final_checkpoint: Path | None = None
     split: str = "test"
     log: list[dict[str, Any]] = field(default_factory=list)
+    # What this process trained on: each micro-batch's shapes (`batch_signature`) and how often it came, and
+    # the seconds spent in training steps (evaluation and checkpoints excluded): `peftkit.flops` reads both.
+    batch_shapes: dict[tuple, int] = field(default_factory=dict)
+    step_seconds: float = 0.0
+
+
+def batch_signature(batch) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """A batch's tensors' names and shapes, sorted: what its FLOPs depend on."""
+    return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items() if hasattr(v, "shape")))
 
 
 def tracker_names(report_to: str | list[str] | None) -> list[str]:

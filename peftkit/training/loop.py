@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig, TrainingDiverged, TrainResult, resolve_epochs, target_metric, tracker_names
+from .config import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainResult,
+    batch_signature,
+    resolve_epochs,
+    target_metric,
+    tracker_names,
+)
 from .environment import enable_checkpointing, make_accelerator
 from .evaluation import evaluate
 from .optimizer import parameter_groups
@@ -135,6 +144,8 @@ class _Run:
             prepared["train"], collate, config.batch_size * world, shuffle=True, config=config
         )
         self.sampler = train_dl.batch_sampler
+        self.batch_shapes: Counter = Counter()  # what `loop` trains on and for how long: `TrainResult`
+        self.step_seconds = 0.0
         loaders = {
             split: make_loader(prepared[split], collate, eval_size, shuffle=False, config=config)
             for split in ("validation", "test")
@@ -332,6 +343,7 @@ class _Run:
             skip = state.batches_in_epoch
             for batch in accelerator.skip_first_batches(self.train_dl, skip) if skip else self.train_dl:
                 window.add(self._step(batch), next(iter(batch.values())).shape[0] * accelerator.num_processes)
+                self.batch_shapes[batch_signature(batch)] += 1
                 state.batches_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -365,6 +377,7 @@ class _Run:
                     stop = self.evaluate_and_keep_best()
                 stop = stop or (not config.max_steps and state.epoch >= self.epochs)
         progress.close()
+        self.step_seconds = window.seconds()
         if "validation" in self.loaders and (not state.history or state.history[-1]["step"] != state.step):
             self.evaluate_and_keep_best()  # the model training ended with competes for best too
 
@@ -491,7 +504,16 @@ class _Run:
         if tracker_names(config.report_to):
             accelerator.end_training()
         accelerator.wait_for_everyone()
-        return TrainResult(metrics, self.state.history, best_dir, final_dir, split, self.log.rows)
+        return TrainResult(
+            metrics,
+            self.state.history,
+            best_dir,
+            final_dir,
+            split,
+            self.log.rows,
+            dict(self.batch_shapes),
+            round(self.step_seconds, 3),
+        )
 
     # ---- what the output tells
 

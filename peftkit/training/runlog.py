@@ -49,9 +49,14 @@ class RunLog:
 
 
 class Window:
-    """Mean loss and samples/s over the steps since the last log row, pauses excluded."""
+    """Mean loss and samples/s over the steps since the last log row, pauses excluded; and
+    ``seconds()``: the time since the window was made, pauses excluded (the run's time in steps)."""
 
     def __init__(self):
+        self.began, self.pauses = time.perf_counter(), 0.0
+        self._reset()
+
+    def _reset(self) -> None:
         self.loss, self.batches, self.samples, self.start = 0.0, 0, 0, time.perf_counter()
 
     def add(self, loss: float, samples: int) -> None:
@@ -63,11 +68,16 @@ class Window:
             "loss": self.loss / max(1, self.batches),
             "samples_per_second": round(self.samples / seconds, 2) if seconds > 0 else None,
         }
-        self.__init__()
+        self._reset()
         return row
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.began - self.pauses
 
     @contextmanager
     def paused(self):
         began = time.perf_counter()
         yield
-        self.start += time.perf_counter() - began
+        paused = time.perf_counter() - began
+        self.start += paused
+        self.pauses += paused
