@@ -2,15 +2,22 @@
 
     python benchmarks/profile_step.py                      # batch 32 x 64 tokens, 5 profiled steps each
     python benchmarks/profile_step.py --steps 2 --top 15   # a quick look
+    python benchmarks/profile_step.py --output benchmarks/results/main/profile_step.md
 
 The step is peftkit's: the packaged MiniLM (sentence-transformers/all-MiniLM-L6-v2) wrapped with
 LoRA (peftkit's defaults), AdamW over peftkit's parameter groups, forward + backward + gradient
 clipping + optimizer step, the forward under ``torch.autocast("cpu", torch.bfloat16)`` for bf16
-(what ``mixed_precision="bf16"`` does). ``torch.profiler`` records the steps after warm-up ones;
-the report sums the self CPU time of the recorded operators into buckets (large matmuls, small
-matmuls: the LoRA A/B products, dropout, casts, attention, optimizer, elementwise rest) and lists
-the top operators, per precision, with the step time and the FLOP rate
-(`peftkit.flops.step_flops`) against this machine's matmul peak (`peftkit.flops.matmul_peak`).
+(what ``mixed_precision="bf16"`` does). Per precision:
+
+- the step time: the median of ``--timed`` steps run without the profiler (its shape recording
+  slows every operator call), and the FLOP rate it gives (`peftkit.flops.step_flops`) against this
+  machine's matmul peak in that dtype (`peftkit.flops.matmul_peak`);
+- what dropout costs: the same timing with LoRA's dropout off, the model's own dropout off, and
+  both off (``p = 0``: torch returns the input untouched), time no profile can attribute as well;
+- where the time goes: ``torch.profiler`` records ``--steps`` steps after warm-up ones; the report
+  sums the self CPU time of the recorded operators into buckets (large matmuls, small matmuls: the
+  LoRA A/B products, dropout, casts, attention, optimizer, elementwise rest) as shares of the
+  profiled step, and lists the top operators.
 
 On a CPU without native bfloat16 (AVX2 only) the bf16 profile shows emulated bfloat16, slower than
 float32: peftkit refuses mixed_precision="bf16" there; the profile still shows where casts go.
@@ -22,6 +29,7 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -105,8 +113,37 @@ def step(model, optimizer, batch, precision: str) -> None:
         optimizer.zero_grad()
 
 
+def timed(model, optimizer, batch, precision: str, steps: int) -> float:
+    """Median seconds of ``steps`` unprofiled training steps (after one warm-up step)."""
+    step(model, optimizer, batch, precision)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(model, optimizer, batch, precision)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def set_dropout(model, p_lora: float | None, p_model: float | None) -> None:
+    """Set the dropout probability of LoRA's input dropout and of the model's own dropout layers
+    (None: leave them)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            p = p_lora if "lora_dropout" in name else p_model
+            if p is not None:
+                module.p = p
+
+
 def profile(
-    precision: str, steps: int, warmup: int, batch_size: int, seq_len: int, top: int, peak_size: int = 2048
+    precision: str,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    seq_len: int,
+    top: int,
+    timed_steps: int,
+    peak_size: int = 2048,
+    say=print,
 ) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -114,37 +151,54 @@ def profile(
 
     model, optimizer, batch = build(batch_size, seq_len)
     flops = step_flops(model, batch)
+    peak = matmul_peak(PRECISION_DTYPES[precision], size=peak_size)
+    lora_p = next(
+        m.p for n, m in model.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)
+    )
+    model_p = next(
+        m.p for n, m in model.named_modules() if "lora_dropout" not in n and isinstance(m, torch.nn.Dropout)
+    )
+    ablations = {}
+    for label, (p_lora, p_model) in {
+        "as trained": (lora_p, model_p),
+        f"LoRA dropout off (was {lora_p})": (0.0, model_p),
+        f"model dropout off (was {model_p})": (lora_p, 0.0),
+        "all dropout off": (0.0, 0.0),
+    }.items():
+        set_dropout(model, p_lora, p_model)
+        ablations[label] = timed(model, optimizer, batch, precision, timed_steps)
+    set_dropout(model, lora_p, model_p)
+    seconds = ablations["as trained"]
+    say(
+        f"\n== {precision}: batch {batch_size} x {seq_len}; median of {timed_steps} unprofiled steps {seconds:.3f} s, "
+        f"{flops / 1e9:.1f} GFLOP/step, {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / peak:.0%} of this "
+        f"machine's {peak / 1e9:.4g} GFLOP/s {PRECISION_DTYPES[precision]} matmul peak"
+    )
+    say(f"{'step time (unprofiled)':<44}{'seconds':>9}{'vs as trained':>15}{'of peak':>9}")
+    for label, value in ablations.items():
+        say(f"  {label:<42}{value:>9.3f}{value / seconds:>15.2f}{flops / value / peak:>9.0%}")
+
     for _ in range(warmup):
         step(model, optimizer, batch, precision)
-    times = []
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
-            start = time.perf_counter()
             step(model, optimizer, batch, precision)
-            times.append(time.perf_counter() - start)
     buckets: dict[str, float] = defaultdict(float)
     for event in prof.events():
         bucket = _bucket(event)
         if bucket is not None:
             buckets[bucket] += event.self_cpu_time_total / 1e6 / steps
-    seconds = statistics.median(times)
-    peak = matmul_peak(PRECISION_DTYPES[precision], size=peak_size)
-    print(
-        f"\n== {precision}: batch {batch_size} x {seq_len}, {steps} profiled steps after {warmup} warm-up; "
-        f"median step {seconds:.3f} s, {flops / 1e9:.1f} GFLOP/step, {flops / seconds / 1e9:.1f} GFLOP/s = "
-        f"{flops / seconds / peak:.0%} of this machine's {peak / 1e9:.3g} GFLOP/s {PRECISION_DTYPES[precision]} "
-        "matmul peak"
-    )
-    buckets["Python / framework (step time not in operators)"] = max(0.0, seconds - sum(buckets.values()))
     total = sum(buckets.values())
-    print(f"{'where (self CPU time per step)':<44}{'seconds':>9}{'share':>8}")
+    say(f"\n{'where (self CPU time per profiled step)':<44}{'seconds':>9}{'share':>8}")
     for name, value in sorted(buckets.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<42}{value:>9.3f}{value / total:>8.1%}")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+        say(f"  {name:<42}{value:>9.3f}{value / total:>8.1%}")
+    say(f"  (a profiled step's operators: {total:.3f} s; the profiler's shape recording slows each call)")
+    say(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
     return {
         "precision": precision,
         "step_seconds": seconds,
         "gflops_per_step": flops / 1e9,
+        "ablations": ablations,
         "buckets": dict(buckets),
     }
 
@@ -165,21 +219,56 @@ def main(argv: list[str] | None = None) -> None:
         help="side of the square matmul timed for the peak (default: 2048)",
     )
     parser.add_argument("--precision", choices=("no", "bf16", "both"), default="both")
+    parser.add_argument(
+        "--timed", type=int, default=8, help="unprofiled steps timed per setting (default: 8)"
+    )
+    parser.add_argument("--output", default=None, help="also write the report here (markdown)")
     args = parser.parse_args(argv)
+    import datetime
+    import sys
+
     from transformers.utils import logging
 
     from peftkit.precision import cpu_bf16_supported, cpu_name
+    from peftkit.runreport import library_versions
 
     logging.set_verbosity_error()
-    print(
-        f"CPU: {cpu_name()}, native bfloat16: {cpu_bf16_supported()}, torch threads: {torch.get_num_threads()}"
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text)
+        lines.append(text)
+
+    say(
+        f"CPU: {cpu_name()}, native bfloat16: {cpu_bf16_supported()}, torch threads: {torch.get_num_threads()}; "
+        + ", ".join(f"{k} {v}" for k, v in library_versions().items())
     )
     results = [
-        profile(p, args.steps, args.warmup, args.batch_size, args.seq_len, args.top, args.peak_size)
+        profile(
+            p,
+            args.steps,
+            args.warmup,
+            args.batch_size,
+            args.seq_len,
+            args.top,
+            args.timed,
+            args.peak_size,
+            say,
+        )
         for p in (("no", "bf16") if args.precision == "both" else (args.precision,))
     ]
     if len(results) == 2:
-        print(f"\nbf16 / float32 step time: {results[1]['step_seconds'] / results[0]['step_seconds']:.2f}")
+        say(
+            f"\nbf16 / float32 step time (unprofiled): {results[1]['step_seconds'] / results[0]['step_seconds']:.2f}"
+        )
+    if args.output:
+        command = "python benchmarks/profile_step.py " + " ".join(sys.argv[1:])
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        Path(args.output).write_text(
+            f"# Where a MiniLM LoRA training step's time goes\n\n`{command}` ({when})\n\n```\n"
+            + "\n".join(lines)
+            + "\n```\n"
+        )
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | N
                    f"backward pass: less memory, slower (default: {_shown(d['gradient_checkpointing'])})")
     p.add_argument("--mixed-precision", choices=constants("training.config")["PRECISIONS"], help="mixed precision: bf16 on "
                    "GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), fp16 on GPUs, auto: bf16 where the "
-                   "machine has it; weights and optimizer state stay float32 (default: what `accelerate launch` "
-                   "configured, else no)")
+                   "machine has it; no: float32; weights and optimizer state stay float32 (default: what `accelerate "
+                   "launch` configured, else bf16 on a CPU with native bfloat16, else no)")
     p.add_argument("--compile", action="store_true", default=None, help="run the training forward through "
                    "torch.compile, falling back to eager with a warning where that fails (default: "
                    f"{_shown(d['compile'])})")
@@ -486,7 +486,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
     from .precision import resolve_mixed_precision
 
-    precision = resolve_mixed_precision(args.mixed_precision, on_cpu=args.cpu or not torch.cuda.is_available())
+    precision = resolve_mixed_precision(args.mixed_precision, on_cpu=args.cpu or not torch.cuda.is_available(), default="no")
     fresh_accelerator_state()
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=precision)  # its autocast wraps the model's forward
     model, loader = accelerator.prepare(model, DataLoader(prepared, batch_size=args.batch_size, collate_fn=task.collator(tokenizer)))

@@ -9,7 +9,8 @@ autocast.
 
 On the CPU bfloat16 only pays where the CPU multiplies it natively (AVX512-BF16, or AMX on Intel
 Sapphire Rapids and later; bfloat16 instructions on Arm): elsewhere (AVX2 only) oneDNN emulates it,
-slower than float32, so ``bf16`` is refused there and ``auto`` keeps float32.
+slower than float32, so ``bf16`` is refused there and ``auto`` keeps float32. Where the CPU has it,
+bf16 is the default (`default_mixed_precision`): measured to keep accuracy and to train faster.
 """
 
 from __future__ import annotations
@@ -51,11 +52,23 @@ def bf16_pays(on_cpu: bool) -> bool:
     return torch.cuda.is_bf16_supported()
 
 
-def resolve_mixed_precision(asked: str | None, *, on_cpu: bool) -> str:
-    """The precision a run trains in: ``asked``, else what ``accelerate launch`` configured, else "no";
-    ``"auto"`` becomes "bf16" where `bf16_pays`, else "no". Refuses (RuntimeError, with the fix) what
-    this machine cannot give."""
-    precision = asked or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+def default_mixed_precision(on_cpu: bool) -> str:
+    """What a run trains in when nothing asks for a precision: bf16 on a CPU that multiplies it natively,
+    else "no". Measured (benchmarks/suites/bf16.yaml, 2 cores of an AMX Xeon): LoRA on SST-2, banking77
+    and CoNLL-2003 trained 1.22x faster under bf16 autocast, scores within noise of float32 over 5 seeds.
+    GPUs keep float32 unless asked ("auto" / "bf16"): not measured there."""
+    return "bf16" if on_cpu and cpu_bf16_supported() else "no"
+
+
+def resolve_mixed_precision(asked: str | None, *, on_cpu: bool, default: str | None = None) -> str:
+    """The precision a run trains in: ``asked``; else (None) what ``accelerate launch`` / ``accelerate config``
+    asks for (bf16 or fp16; the "no" it passes when not told is not an ask), else ``default`` (None:
+    `default_mixed_precision`). ``"auto"`` becomes "bf16" where `bf16_pays`, else "no". Refuses
+    (RuntimeError, with the fix) what this machine cannot give."""
+    precision = asked
+    if precision is None:
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        precision = launched if launched != "no" else (default or default_mixed_precision(on_cpu))
     if precision == "auto":
         return "bf16" if bf16_pays(on_cpu) else "no"
     if precision == "no":

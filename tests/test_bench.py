@@ -367,7 +367,7 @@ def test_readme_section_between_suite_markers(quick_results, tmp_path):
         update_readme(other, quick_results)
 
 
-@pytest.mark.parametrize("suite", ["main", "main_tuned", "llm", "sweep", "sweep_tuned"])
+@pytest.mark.parametrize("suite", ["main", "main_tuned", "llm", "sweep", "sweep_tuned", "bf16"])
 def test_readme_benchmark_sections_are_current(suite):
     """README's "Choosing a strategy" tables are what the committed results generate now."""
     from peftkit.bench.report import readme_markers, readme_section

@@ -85,6 +85,27 @@ def test_bf16_refused_on_a_cpu_without_native_bfloat16(monkeypatch):
         precision.resolve_mixed_precision("fp16", on_cpu=True)
 
 
+def test_default_is_bf16_on_a_cpu_with_native_bfloat16_only(monkeypatch):
+    """Nothing asked: bf16 where the CPU multiplies it natively (measured to keep accuracy, benchmarks/
+    results/bf16), float32 on other CPUs and on GPUs; what `accelerate launch` asks for (bf16 / fp16) wins,
+    and the "no" it passes when not told does not; a caller may keep float32 as its own default."""
+    from peftkit import precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    assert precision.resolve_mixed_precision(None, on_cpu=True) == "bf16"
+    assert precision.resolve_mixed_precision("no", on_cpu=True) == "no"
+    assert precision.resolve_mixed_precision(None, on_cpu=True, default="no") == "no"
+    assert precision.default_mixed_precision(on_cpu=False) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert precision.resolve_mixed_precision(None, on_cpu=True) == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    assert precision.resolve_mixed_precision(None, on_cpu=True) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(RuntimeError, match=r"mixed_precision='fp16' needs a GPU"):
+        precision.resolve_mixed_precision(None, on_cpu=True)
+
+
 def test_default_is_one_named_constant_and_auto_is_accepted():
     from peftkit.training import DEFAULT_MIXED_PRECISION, PRECISIONS, TrainConfig
 
