@@ -75,12 +75,16 @@ def __dir__() -> list[str]:
 
 
 class _DropBitsandbytesKernelsWarning(logging.Filter):
-    """bitsandbytes (imported by PEFT) logs, on CPUs with AVX512-BF16, that it could not load an
-    optional kernel from the `kernels` package; it then uses its own. It means nothing to a
-    peftkit user, so that one message is dropped."""
+    """bitsandbytes (imported by PEFT), on CPUs with AVX512-BF16, tries an optional kernel from the
+    `kernels` package's hub repository kernels-community/...: offline, `kernels` logs that it skipped
+    the publisher check, and bitsandbytes that it could not load the kernel; it then uses its own. They
+    mean nothing to a peftkit user, so those messages (naming kernels-community) are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+        return "kernels-community" not in record.getMessage()
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBitsandbytesKernelsWarning())
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).addFilter(_DropBitsandbytesKernelsWarning())
+
+del _name

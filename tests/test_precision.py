@@ -134,6 +134,10 @@ def test_bf16_on_cpu_runs_the_forward_in_bf16_and_keeps_float32_state(assets, tm
     assert (False, torch.bfloat16) in seen  # and so did evaluation
     assert all(dtype == torch.bfloat16 for _, dtype in seen)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    seen.clear()  # the model handed back runs as before training: no autocast left on its forward
+    with torch.no_grad():
+        model.eval()(input_ids=torch.tensor([[101, 2307, 102]]))
+    assert seen == [(False, torch.float32)]
     optimizer = torch.load(tmp_path / "checkpoints" / "step-2" / "optimizer.bin", weights_only=False)
     moments = [t for s in optimizer["state"].values() for k, t in s.items() if k in ("exp_avg", "exp_avg_sq")]
     assert moments and all(t.dtype == torch.float32 for t in moments)

@@ -301,8 +301,12 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     if config.compile:  # how much of the train time went to compiling (None: it fell back to eager at once)
         row["compile_seconds"] = compile_seconds(since=compiled)
 
-    score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
-    score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)
+    from ..precision import autocast, resolve_mixed_precision
+
+    with autocast(resolve_mixed_precision(config.mixed_precision, on_cpu=device == "cpu"), device):
+        # scored in the precision it trained in, as train()'s own test metrics are
+        score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
+        score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)
     keep_teacher(suite, key, work_dir / "adapter")
     row.update(probe.stop())
     row.update(step_utilization(model, tokenizer, task_obj, data["train"], config, result, steps, device))

@@ -504,6 +504,9 @@ class _Run:
         if tracker_names(config.report_to):
             accelerator.end_training()
         accelerator.wait_for_everyone()
+        # The caller's model runs as before training: without the autocast Accelerate wrapped its forward in
+        # (bf16 is the default on some CPUs); the metrics above were taken in the training precision.
+        accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         return TrainResult(
             metrics,
             self.state.history,
