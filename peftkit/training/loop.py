@@ -23,15 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import (
-    TrainConfig,
-    TrainingDiverged,
-    TrainResult,
-    batch_signature,
-    resolve_epochs,
-    target_metric,
-    tracker_names,
-)
+from . import config as _config
+from .config import TrainConfig, TrainingDiverged, TrainResult, resolve_epochs, target_metric, tracker_names
 from .environment import enable_checkpointing, make_accelerator
 from .evaluation import evaluate
 from .optimizer import parameter_groups
@@ -343,7 +336,7 @@ class _Run:
             skip = state.batches_in_epoch
             for batch in accelerator.skip_first_batches(self.train_dl, skip) if skip else self.train_dl:
                 window.add(self._step(batch), next(iter(batch.values())).shape[0] * accelerator.num_processes)
-                self.batch_shapes[batch_signature(batch)] += 1
+                self.batch_shapes[_config.batch_signature(batch)] += 1
                 state.batches_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue
