@@ -121,7 +121,9 @@ def shaped(sample: dict[str, torch.Tensor], signature) -> dict[str, torch.Tensor
     return batch
 
 
-def trained_flops(model: torch.nn.Module, batch_shapes: Mapping[tuple, int], sample: dict[str, torch.Tensor]) -> int:
+def trained_flops(
+    model: torch.nn.Module, batch_shapes: Mapping[tuple, int], sample: dict[str, torch.Tensor]
+) -> int:
     """FLOPs of training forward + backward over micro-batches of ``batch_shapes`` (signature -> count).
 
     Every operation of a batch is batched over its rows, so a shape's FLOPs are ``fixed + rows x per_row``:
@@ -158,10 +160,9 @@ def cell_columns(
     model, tokenizer, task, dataset, config, result, steps: int, device: str = "cpu"
 ) -> dict[str, Any]:
     """`utilization` of a finished training run (its `peftkit.training.TrainResult`) of ``steps`` optimizer
-    steps: the FLOPs of the batches it trained on (`trained_flops`) over its seconds in training steps."""
-    from .precision import resolve_mixed_precision
-
-    precision = resolve_mixed_precision(config.mixed_precision, on_cpu=device == "cpu")  # as training did
+    steps: the FLOPs of the batches it trained on (`trained_flops`) over its seconds in training steps, against
+    the peak of the precision it trained in."""
     sample = sample_batch(task, tokenizer, dataset, config.batch_size, config.max_length, config.seed)
     total = trained_flops(model, result.batch_shapes, sample)
-    return utilization(total // max(1, steps), steps, result.step_seconds, precision, "cuda" if device == "cuda" else "cpu")
+    device = "cuda" if device == "cuda" else "cpu"
+    return utilization(total // max(1, steps), steps, result.step_seconds, result.mixed_precision, device)

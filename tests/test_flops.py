@@ -96,7 +96,13 @@ def test_trained_flops_equal_a_direct_count_of_every_shape(tmp_path, strategy):
 
     long = sample["input_ids"].shape[1] + 5
     # full batches of three lengths, a short last batch, one longer than the sample
-    shapes = {signature(8, 7): 3, signature(8, 12): 2, signature(8, 20): 1, signature(3, 9): 1, signature(8, long): 1}
+    shapes = {
+        signature(8, 7): 3,
+        signature(8, 12): 2,
+        signature(8, 20): 1,
+        signature(3, 9): 1,
+        signature(8, long): 1,
+    }
     direct = sum(count * step_flops(model, shaped(sample, sig)) for sig, count in shapes.items())
     assert trained_flops(model, shapes, sample) == pytest.approx(direct, rel=1e-9)
     assert trained_flops(model, {}, sample) == 0
@@ -116,7 +122,11 @@ def test_cell_columns_of_a_real_run(tmp_path, monkeypatch):
     model, tokenizer = _wrapped_tiny(tmp_path, "lora")
     data = load_sentiment(write_sentiment_csv(tmp_path / "data"))
     config = TrainConfig(
-        output_dir=str(tmp_path / "run"), batch_size=8, gradient_accumulation_steps=2, max_steps=3, progress=False
+        output_dir=str(tmp_path / "run"),
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        progress=False,
     )
     result = peftkit.train(model, tokenizer, data, config)
     assert sum(result.batch_shapes.values()) == 3 * 2  # every micro-batch, once
@@ -127,7 +137,7 @@ def test_cell_columns_of_a_real_run(tmp_path, monkeypatch):
     sample = flops.sample_batch(task, tokenizer, data["train"], 8, config.max_length)
     row = flops.cell_columns(model, tokenizer, task, data["train"], config, result, steps=3)
     total = flops.trained_flops(model, result.batch_shapes, sample)
-    assert row["mixed_precision"] == default_mixed_precision(on_cpu=True)  # what the run trained in
+    assert row["mixed_precision"] == result.mixed_precision == default_mixed_precision(on_cpu=True)
     assert row["step_seconds"] == round(result.step_seconds, 2)
     assert row["step_gflops"] == pytest.approx(total / 3 / 1e9, rel=1e-3)
     assert row["achieved_gflops_per_s"] == pytest.approx(total / result.step_seconds / 1e9, rel=1e-3)

@@ -301,9 +301,9 @@ def run_cell(suite: Suite, key: CellKey, work_dir: Path, row: dict[str, Any]) ->
     if config.compile:  # how much of the train time went to compiling (None: it fell back to eager at once)
         row["compile_seconds"] = compile_seconds(since=compiled)
 
-    from ..precision import autocast, resolve_mixed_precision
+    from ..precision import autocast
 
-    with autocast(resolve_mixed_precision(config.mixed_precision, on_cpu=device == "cpu"), device):
+    with autocast(result.mixed_precision, device):
         # scored in the precision it trained in, as train()'s own test metrics are
         score_and_save(model, tokenizer, task_obj, data["test"], task, budget, device, row, work_dir / "adapter")
         score_perturbed(model, tokenizer, task_obj, data["test"], task, budget, device, row)

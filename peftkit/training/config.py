@@ -216,7 +216,7 @@ class TrainResult:
     per evaluation; ``best_checkpoint``: directory of the best model (None without evaluation);
     ``final_checkpoint``: the model the metrics were computed with; ``log``: every logged row;
     ``batch_shapes`` and ``step_seconds``: what this process trained on, and for how long (a resumed run:
-    since it resumed)."""
+    since it resumed); ``mixed_precision``: the precision it trained (and took ``metrics``) in."""
 
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -228,6 +228,7 @@ class TrainResult:
     # the seconds spent in training steps (evaluation and checkpoints excluded): `peftkit.flops` reads both.
     batch_shapes: dict[tuple, int] = field(default_factory=dict)
     step_seconds: float = 0.0
+    mixed_precision: str = "no"  # what it trained in ("auto" and the default resolved)
 
 
 def batch_signature(batch) -> tuple[tuple[str, tuple[int, ...]], ...]:

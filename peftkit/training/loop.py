@@ -509,6 +509,7 @@ class _Run:
             self.log.rows,
             dict(self.batch_shapes),
             round(self.step_seconds, 3),
+            str(accelerator.mixed_precision),
         )
 
     # ---- what the output tells
