@@ -19,13 +19,12 @@
 
 The package, one concern per module:
 
-- ``config``: `TrainConfig` (validates itself), `TrainResult`, `batch_signature`, `resolve_epochs`,
-  `target_metric`;
+- ``config``: `TrainConfig` (validates itself), `TrainResult`, `resolve_epochs`, `target_metric`;
 - ``environment``: device and mixed precision checks, the Accelerator and its trackers;
 - ``sampling``: `GlobalBatchSampler` and the DataLoaders;
 - ``optimizer``: `parameter_groups`;
 - ``runlog``: `RunLog` (train_log.jsonl / .csv, trackers) and the throughput window;
-- ``loop``: the run itself (`evaluate`, checkpoints, best model, outputs); it imports neither
+- ``loop``: the run itself (`evaluate`, checkpoints, best model, outputs, `batch_signature`); it imports neither
   `peftkit.strategies` nor `peftkit.checkpoint`: it is handed a `RunParts`;
 - ``run``: `train`, which resolves the learning rate, the strategy's hooks, the save function, the
   run's identity and the teacher, and hands them to the loop.
@@ -39,14 +38,13 @@ from .config import (
     TrainConfig,
     TrainingDiverged,
     TrainResult,
-    batch_signature,
     resolve_epochs,
     target_metric,
     tracker_names,
 )
 from .environment import check_device, fresh_accelerator_state
 from .evaluation import evaluate
-from .loop import BEST_STATE_FILE, CHANCE_MARGIN, STATE_FILE, RunParts
+from .loop import BEST_STATE_FILE, CHANCE_MARGIN, STATE_FILE, RunParts, batch_signature
 from .loop import _Run as _Run  # the run itself, for tests that look inside a step
 from .optimizer import parameter_groups
 from .run import resolve_learning_rate, save_model, train

@@ -231,11 +231,6 @@ class TrainResult:
     mixed_precision: str = "no"  # what it trained in ("auto" and the default resolved)
 
 
-def batch_signature(batch) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """A batch's tensors' names and shapes, sorted: what its FLOPs depend on."""
-    return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items() if hasattr(v, "shape")))
-
-
 def tracker_names(report_to: str | list[str] | None) -> list[str]:
     """``report_to`` as a list of Accelerate tracker names ("wandb,tensorboard" -> both; None / "none" -> [])."""
     names = report_to.split(",") if isinstance(report_to, str) else list(report_to or [])

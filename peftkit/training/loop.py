@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config as _config
 from .config import TrainConfig, TrainingDiverged, TrainResult, resolve_epochs, target_metric, tracker_names
 from .environment import enable_checkpointing, make_accelerator
 from .evaluation import evaluate
@@ -93,6 +92,11 @@ def _check_checkpoint_fits(folder: Path, model: nn.Module) -> None:
             f"{sorted(expected.keys() - saved.keys())[:2]}, other shapes: {differ}). Resume with the same "
             "model, strategy and options as the run that wrote it."
         )
+
+
+def batch_signature(batch) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """A batch's tensors' names and shapes, sorted: what its FLOPs depend on (`TrainResult.batch_shapes`)."""
+    return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items() if hasattr(v, "shape")))
 
 
 def _trainable_names(model: nn.Module) -> set[str]:
@@ -336,7 +340,7 @@ class _Run:
             skip = state.batches_in_epoch
             for batch in accelerator.skip_first_batches(self.train_dl, skip) if skip else self.train_dl:
                 window.add(self._step(batch), next(iter(batch.values())).shape[0] * accelerator.num_processes)
-                self.batch_shapes[_config.batch_signature(batch)] += 1
+                self.batch_shapes[batch_signature(batch)] += 1
                 state.batches_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -507,9 +511,9 @@ class _Run:
             final_dir,
             split,
             self.log.rows,
-            dict(self.batch_shapes),
-            round(self.step_seconds, 3),
-            str(accelerator.mixed_precision),
+            batch_shapes=dict(self.batch_shapes),
+            step_seconds=round(self.step_seconds, 3),
+            mixed_precision=str(accelerator.mixed_precision),
         )
 
     # ---- what the output tells
