@@ -337,3 +337,13 @@ def test_prediction_matches_a_measured_lora_cell(tmp_path):
     measured = row["peak_memory_mb"] * 2**20
     error = abs(predicted - measured) / measured
     assert error <= 0.25, f"predicted {format_bytes(predicted)}, measured {format_bytes(measured)} ({error:.0%} off)"
+
+
+def test_a_cpu_plan_says_it_prices_float32_where_the_default_is_bf16(minilm_plan, monkeypatch):
+    import peftkit.precision as precision
+
+    monkeypatch.setattr(precision, "default_mixed_precision", lambda on_cpu: "bf16")
+    assert "priced for float32 training" in minilm_plan.to_table()
+    assert "--mixed-precision no" in minilm_plan.precision_note()
+    monkeypatch.setattr(precision, "default_mixed_precision", lambda on_cpu: "no")
+    assert minilm_plan.precision_note() == "" and "priced for float32" not in minilm_plan.to_table()
