@@ -83,7 +83,9 @@ def one(strategy: str, precision: str, shapes: str, steps: int, seq_len: int, ba
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=60, help="training steps per run (default: 60)")
     parser.add_argument("--seq-len", type=int, default=64, help="the longest batch (default: 64)")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here (markdown)")
@@ -98,8 +100,18 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for strategy, precision, shapes in RUNS:
-        cmd = [sys.executable, __file__, "--one", strategy, precision, shapes,
-               "--steps", str(args.steps), "--seq-len", str(args.seq_len)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            strategy,
+            precision,
+            shapes,
+            "--steps",
+            str(args.steps),
+            "--seq-len",
+            str(args.seq_len),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
@@ -109,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`python benchmarks/bf16_memory.py {' '.join(sys.argv[1:])}` ({when}; CPU: {cpu_name()}, native "
         f"bfloat16: {cpu_bf16_supported()}, torch threads: {torch.get_num_threads()}; "
-        + ", ".join(f"{k} {v}" for k, v in library_versions().items()) + ")",
+        + ", ".join(f"{k} {v}" for k, v in library_versions().items())
+        + ")",
         "",
         f"Batch 32, {args.steps} steps per run, the longest batch {args.seq_len} tokens. Saved: what autograd kept from "
         "the last step's forward (its length in the table). Peak: VmHWM of the steps above the RSS before them.",
