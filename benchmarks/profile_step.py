@@ -13,7 +13,9 @@ clipping + optimizer step, the forward under ``torch.autocast("cpu", torch.bfloa
   slows every operator call), and the FLOP rate it gives (`peftkit.flops.step_flops`) against this
   machine's matmul peak in that dtype (`peftkit.flops.matmul_peak`);
 - what dropout costs: the same timing with LoRA's dropout off, the model's own dropout off, and
-  both off (``p = 0``: torch returns the input untouched), time no profile can attribute as well;
+  both off (``p = 0``: torch returns the input untouched), time no profile can attribute as well; and
+  with every dropout drawn by `peftkit.dropout.CpuDropout`, as `peftkit.train` runs it by default
+  (the profile below is of torch's dropout, "as trained");
 - where the time goes: ``torch.profiler`` records ``--steps`` steps after warm-up ones; the report
   sums the self CPU time of the recorded operators into buckets (large matmuls, small matmuls: the
   LoRA A/B products, dropout, casts, attention, optimizer, elementwise rest) as shares of the
@@ -147,6 +149,7 @@ def profile(
 ) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
+    from peftkit.dropout import faster_dropout
     from peftkit.flops import PRECISION_DTYPES, matmul_peak, step_flops
 
     model, optimizer, batch = build(batch_size, seq_len)
@@ -168,6 +171,10 @@ def profile(
         set_dropout(model, p_lora, p_model)
         ablations[label] = timed(model, optimizer, batch, precision, timed_steps)
     set_dropout(model, lora_p, model_p)
+    with faster_dropout(model):  # what peftkit.train does (TrainConfig.fast_dropout)
+        ablations["peftkit's CPU dropout (train's default)"] = timed(
+            model, optimizer, batch, precision, timed_steps
+        )
     seconds = ablations["as trained"]
     say(
         f"\n== {precision}: batch {batch_size} x {seq_len}; median of {timed_steps} unprofiled steps {seconds:.3f} s, "

@@ -37,7 +37,7 @@ CHECKPOINT_TEMPORARY = ".tmp-step-*"
 NOT_COMPARED = frozenset({
     "output_dir", "resume_from_checkpoint", "overwrite", "progress", "log_every", "eval_batch_size", "report_to",
     "sample_generations", "save_steps", "save_total_limit", "device", "cpu", "gradient_checkpointing",
-    "compile",
+    "compile", "fast_dropout",
 })
 
 

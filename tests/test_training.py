@@ -289,3 +289,13 @@ def test_counting_task_sees_every_eval_example_once(assets, tmp_path):
 
     result, _ = _train(assets, tmp_path, epochs=1, task=CountingTask(get_task("classification")))
     assert result.history[-1]["eval_n_eval"] == 31 and result.metrics["n_eval"] == 33
+
+
+def test_dropout_masks_come_from_peftkits_sampler_and_the_model_comes_back_unchanged(assets, tmp_path):
+    from torch import nn
+
+    fast, model = _train(assets, tmp_path / "fast", epochs=1)
+    plain, _ = _train(assets, tmp_path / "torch", epochs=1, fast_dropout=False)
+    assert _losses(fast) != _losses(plain)  # the same seed, masks drawn another way
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.Dropout)}
+    assert kinds == {nn.Dropout}  # peftkit.dropout.CpuDropout only while training

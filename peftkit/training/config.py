@@ -42,7 +42,9 @@ class TrainConfig:
     elsewhere; "no" asks for float32; "bf16" works on GPUs and on such CPUs, "auto" picks it where the
     machine has it, GPUs included (`peftkit.precision`); parameters and optimizer state stay float32 always.
     ``compile=True`` runs the training forward through ``torch.compile`` (`peftkit.compiling`), falling
-    back to eager with a warning where compiling fails.
+    back to eager with a warning where compiling fails. ``fast_dropout=True`` draws dropout masks on the CPU
+    with `peftkit.dropout.CpuDropout` during training (16 random bits per element instead of torch's float
+    draw: the same Bernoulli masks, p within 8e-6; measured in benchmarks/results/bf16), False keeps torch's.
 
     Length of training: ``epochs=None`` (the default) trains 3 epochs, or more when 3 epochs
     would make fewer than ``min_steps`` optimizer steps (small data): enough epochs to reach
@@ -60,7 +62,7 @@ class TrainConfig:
     must match the checkpoint's run in every field except those in
     `peftkit.rundir.NOT_COMPARED` (output_dir, resume_from_checkpoint, overwrite, progress,
     log_every, eval_batch_size, report_to, sample_generations, save_steps, save_total_limit,
-    device, cpu, gradient_checkpointing, compile), and in model, strategy, options, task and data.
+    device, cpu, gradient_checkpointing, compile, fast_dropout), and in model, strategy, options, task and data.
 
     ``adversarial`` ("fgm", "pgd", "freelb"; None: off) perturbs the input embeddings' output by at
     most ``adv_epsilon`` (L2 per example) in ``adv_steps`` ascent steps of ``adv_alpha`` (None:
@@ -87,6 +89,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     mixed_precision: str | None = DEFAULT_MIXED_PRECISION
     compile: bool = False
+    fast_dropout: bool = True
     eval_steps: int | None = None
     early_stopping_patience: int | None = None
     metric_for_best: str | None = None

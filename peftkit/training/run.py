@@ -38,6 +38,7 @@ def train(
     model card: ``command`` (default: this process's command line), ``model`` (path or hub id),
     ``quantization``, ``data`` (``{"train": file, ...}``; files are recorded with their sha256).
     """
+    from ..dropout import faster_dropout
     from ..introspect import fit_max_length
     from ..rundir import run_identity
     from ..strategies import strategy_of, wrap_info
@@ -55,12 +56,13 @@ def train(
             identity=run_identity(config, model, task, data),
             teacher=_teacher(model, config, task),
         )
-        run = _Run(model, tokenizer, data, config, task, parts, callbacks, run_info)
-        try:
-            run.loop()
-            return run.finish()
-        finally:
-            run.adversary.remove()
+        with faster_dropout(model, config.fast_dropout):  # the caller's model gets its own modules back
+            run = _Run(model, tokenizer, data, config, task, parts, callbacks, run_info)
+            try:
+                run.loop()
+                return run.finish()
+            finally:
+                run.adversary.remove()
 
 
 def resolve_learning_rate(model: nn.Module, config: TrainConfig) -> float:
