@@ -51,31 +51,19 @@ def test_module_is_identity_in_eval_and_torch_dropout_at_the_edges():
     assert isinstance(module, nn.Dropout)  # PEFT and peftkit's planner check for nn.Dropout / nn.Identity
 
 
-def _bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    return BertForSequenceClassification(config)
-
-
 def test_swap_covers_the_model_and_lora_and_puts_the_originals_back():
+    from conftest import build_tiny
+
     import peftkit
 
-    model = peftkit.wrap(_bert(), "lora")
+    model = peftkit.wrap(build_tiny("bert", "classification").train(), "lora")
     before = {name: module for name, module in model.named_modules() if type(module) is nn.Dropout}
     assert any("lora_dropout" in name for name in before)
     with faster_dropout(model) as swapped:
         inside = dict(model.named_modules())
         assert swapped == len(before)
         assert all(type(inside[name]) is CpuDropout and inside[name].p == m.p for name, m in before.items())
-        model(input_ids=torch.randint(3, 64, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
+        model(input_ids=torch.randint(3, 60, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
     after = dict(model.named_modules())
     assert all(after[name] is module for name, module in before.items())
     with pytest.raises(RuntimeError), faster_dropout(model):
