@@ -25,12 +25,12 @@ from torch import nn
 _LEVELS = 1 << 16  # a 16-bit draw per element
 
 
-def dropout_cpu(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout_cpu(x: torch.Tensor, p: float) -> torch.Tensor:
     """``x`` with each element zeroed with probability ``p`` (a multiple of 1/65536) and the rest scaled
     by 1 / (1 - p); the mask from 16 random bits per element. Differentiable in ``x``."""
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    words.random_(-(1 << 63), None, generator=generator)  # every int64: 64 uniform bits
+    words.random_(-(1 << 63), None)  # every int64 (64 uniform bits), from torch's seeded default generator
     draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768..32767
     keep = draws >= round(p * _LEVELS) - _LEVELS // 2
     return x * keep * (1.0 / (1.0 - p))

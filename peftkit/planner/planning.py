@@ -190,7 +190,6 @@ class Plan:
                 f"fine-tuning: {dtype}), fused attention, no process RSS; add ~{CUDA_CONTEXT_BYTES // 2**20} MiB of CUDA "
                 "context for what nvidia-smi shows, and the caching allocator's reserve for max_memory_reserved.")
 
-
     def precision_note(self) -> str:
         """What a CPU plan means where peftkit trains under bf16 autocast by default ("" elsewhere)."""
         from ..precision import default_mixed_precision
@@ -199,8 +198,8 @@ class Plan:
             return ""
         return ("peak: priced for float32 training. This CPU has native bfloat16, so peftkit trains under bf16 "
                 "autocast by default: fewer activation bytes, but with batches of varying length the allocator keeps "
-                "more; measured bf16 peaks ran up to 20% above these predictions for full fine-tuning and within 15% "
-                "for LoRA (benchmarks/results/bf16). --mixed-precision no trains in float32.")
+                "more (on the bf16 benchmark cells these predictions were off by at most 20%: "
+                "benchmarks/results/planner_check.md). --mixed-precision no trains in float32.")
 
 
 def _short(error: str) -> str:
