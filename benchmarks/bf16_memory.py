@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_step import step  # noqa: E402
+from profile_step import model_and_optimizer, step  # noqa: E402
 
 MiB = 2**20
 RUNS = [(s, p, shapes) for s in ("full", "lora") for shapes in ("fixed", "varying") for p in ("no", "bf16")]
@@ -35,16 +35,9 @@ RUNS = [(s, p, shapes) for s in ("full", "lora") for shapes in ("fixed", "varyin
 
 def one(strategy: str, precision: str, shapes: str, steps: int, seq_len: int, batch_size: int = 32) -> dict:
     """Train ``steps`` steps in this process; the saved-tensor bytes and the peak RSS above the start."""
-    import peftkit
     from peftkit.bench.measure import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from peftkit.training import parameter_groups
 
-    model, tokenizer = peftkit.load_model(
-        "sentence-transformers/all-MiniLM-L6-v2", task="classification", num_labels=2
-    )
-    model = peftkit.wrap(model, strategy)
-    model.train()
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01, lr=1e-4), lr=1e-4)
+    model, tokenizer, optimizer = model_and_optimizer(strategy, lr=1e-4)
     rng, generator = random.Random(0), torch.Generator().manual_seed(0)
     lengths = [seq_len] + [
         rng.randint(16, seq_len) if shapes == "varying" else seq_len for _ in range(steps - 1)

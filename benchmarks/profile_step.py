@@ -74,18 +74,24 @@ def _bucket(event) -> str | None:
     return f"{phase}: {_kind(event.name, event.input_shapes)}"
 
 
-def build(batch_size: int, seq_len: int, seed: int = 0):
-    """peftkit's LoRA MiniLM, its optimizer (peftkit's groups) and one random batch of token ids."""
+def model_and_optimizer(strategy: str = "lora", lr: float = 5e-4):
+    """The packaged MiniLM wrapped by ``strategy`` at peftkit's defaults, in training mode, its tokenizer,
+    and AdamW over peftkit's parameter groups."""
     import peftkit
     from peftkit.training import parameter_groups
 
     model, tokenizer = peftkit.load_model(
         "sentence-transformers/all-MiniLM-L6-v2", task="classification", num_labels=2
     )
-    model = peftkit.wrap(model, "lora")
+    model = peftkit.wrap(model, strategy)
     model.train()
-    lr = 5e-4
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01, lr=lr), lr=lr)
+    return model, tokenizer, optimizer
+
+
+def build(batch_size: int, seq_len: int, seed: int = 0):
+    """peftkit's LoRA MiniLM, its optimizer (peftkit's groups) and one random batch of token ids."""
+    model, tokenizer, optimizer = model_and_optimizer()
     generator = torch.Generator().manual_seed(seed)
     batch = {
         "input_ids": torch.randint(1000, tokenizer.vocab_size, (batch_size, seq_len), generator=generator),
